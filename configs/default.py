@@ -1,0 +1,94 @@
+"""Base config: every field DiffMIC-JAX reads, with what it means.
+
+Dataset configs (`aptos.py`, `isic.py`, `placenta.py`, `demo.py`) import this one and override only
+what differs, each with its run recipe in its docstring. Run with
+
+    python -m diffmic_jax.main --config=configs/aptos.py --workdir=/tmp/aptos
+
+and override any field on the command line (`--config.train.batch_size=64`). The config is locked:
+a misspelt field stops the run naming the field.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 1234  # One root key; every other key is fold_in(root, purpose, step).
+  c.num_classes = 5  # K: length of the label vector the diffusion denoises.
+  c.image_size = 224  # Side of the square model input (after the stored-size crop/resize).
+
+  # ---- data (owned by diffmic_jax/data) ----
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'aptos2019'  # TFDS builder: aptos2019 | isic2018 | image_folder | medmnist.
+  c.data.builder_config = 'diffmic'  # Builder config (the split scheme), e.g. diffmic | grouped.
+  c.data.data_dir = '~/tensorflow_datasets'  # Where built array_record files live (gs:// ok).
+  c.data.manual_dir = ''  # Source images + CSV for building; '' means the builder default.
+  c.data.train_split = 'train'
+  c.data.val_split = 'validation'  # Checkpoint selection split. Never the test split.
+  c.data.test_split = 'test'
+  c.data.horizontal_flip = True  # Official recipe: all datasets.
+  c.data.vertical_flip = True  # Official recipe: fundus (APTOS) only.
+  c.data.rotation_degrees = 30.0  # Uniform in [-d, d], bilinear, zero fill; 0 disables.
+  c.data.class_balanced = False  # Sample classes uniformly (the official code does not).
+  c.data.num_workers = 0  # grain worker processes; 0 reads in threads of the main process.
+  c.data.read_threads = 4  # Threads decoding images per process (PIL releases the GIL).
+  c.data.prefetch_batches = 2  # Batches buffered ahead of the train step.
+
+  # ---- model ----
+  c.model = ml_collections.ConfigDict()
+  c.model.dcg_backbone = 'resnet50'  # Official DCG: two ImageNet ResNet50s (global, local).
+  c.model.eps_backbone = 'resnet18'  # Official epsilon-network encoder: ResNet18, from scratch.
+  c.model.small_stem = False  # 3x3 stride-1 stem, no max-pool: for 28-64 px inputs.
+  c.model.num_rois = 6  # k: image tiles the local stream looks at.
+  c.model.top_t_percent = 1.0  # y_g aggregates the top t fraction of saliency cells (1.0 = mean).
+  c.model.attention_dim = 128  # Gated-attention hidden width (U, V: C -> 128).
+  c.model.crop_first_channel = False  # Official quirk: crop channel 0 only and repeat it x3.
+  c.model.feature_dim = 6144  # Epsilon-network width (encoder projection and hidden layers).
+  c.model.prior_input = 'fused'  # 'fused': [y_t, y_hat] (code); 'global_local': [y_t, y_g, y_l] (paper).
+  c.model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU halves activation memory).
+  c.model.pretrained = ''  # Converted ImageNet weights for the DCG backbones ('' = random init).
+  c.model.eps_pretrained = ''  # Same, for the epsilon-network encoder ('' = random, as official).
+
+  # ---- diffusion ----
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.timesteps = 1000  # T.
+  c.diffusion.beta_schedule = 'linear'  # linear | cosine | quadratic.
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+
+  # ---- loss ----
+  c.loss = ml_collections.ConfigDict()
+  c.loss.mmd_weight = 0.5  # lambda on MMD(global prior) + MMD(local prior).
+  c.loss.mmd_bandwidths = ()  # Squared RBF bandwidths; () = the official single K**2 kernel.
+
+  # ---- training ----
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # Global batch, split over all devices of all processes.
+  c.train.dcg_pretrain_epochs = 15  # Stage 1: DCG alone, cross-entropy on the fused logits.
+  c.train.epochs = 1000  # Stage 2: joint epsilon-network + DCG epochs.
+  c.train.steps_per_epoch = -1  # -1: len(train split) // batch_size.
+  c.train.dcg_lr = 2e-4  # Adam (amsgrad) for the DCG, constant, both stages.
+  c.train.eps_lr = 1e-3  # Adam peak learning rate for the epsilon network.
+  c.train.warmup_epochs = 40  # Linear warm-up, then half-cosine to min_lr at the last epoch.
+  c.train.min_lr = 0.0
+  c.train.grad_clip = 1.0  # Global-norm clip on epsilon-network gradients.
+  c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
+  c.train.eval_with_ema = True  # Evaluate with the EMA params (the official code never does).
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 500  # Periodic save for resume (kept: max_to_keep below).
+  c.train.max_to_keep = 2
+  c.train.eval_every_epochs = 10  # Validation (checkpoint selection) cadence.
+  c.train.select_metric = 'accuracy'  # Validation metric that picks the best checkpoint.
+
+  # ---- evaluation / sampling ----
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 32
+  c.eval.sampler = 'truncated'  # full (T-step) | truncated (official test chain) | ddim.
+  c.eval.num_steps = 60  # truncated: last n steps of the T schedule; ddim: respaced steps.
+  c.eval.val_sampler = 'ddim'  # Sampler used for in-training validation (cheap).
+  c.eval.val_num_steps = 10
+  c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
+  c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
+  c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
+  return c

@@ -1,0 +1,137 @@
+"""ResNet-18/50 in Flax Linen, NHWC, laid out so torchvision weights map one to one.
+
+Submodule names follow torchvision (`conv1`, `bn1`, `layer1_0.conv1`, `layer1_0.downsample_conv`,
+`fc`, ...) and the padding is torchvision's explicit padding, so a converted ImageNet checkpoint gives
+the same activations as in PyTorch. Parameter counts equal torchvision's: ResNet18 11,689,512 and
+ResNet50 25,557,032 with a 1000-way head.
+
+The DCG needs the last feature map (for its saliency conv) and the epsilon network needs the pooled
+vector, so `output` picks what the trunk returns instead of duplicating the trunk per use.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu').
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  # torchvision BatchNorm2d: momentum 0.1 (Flax's 0.9), eps 1e-5.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      name=name)
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
+                 use_bias=False, kernel_init=_conv_init, dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34)."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = _batch_norm(train, self.dtype, 'bn2')(y)
+    return nn.relu(y + _shortcut(self, x, train))
+
+
+class Bottleneck(nn.Module):
+  """1x1 -> 3x3 (strided, as torchvision v1.5) -> 1x1 x4 (ResNet-50)."""
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+    y = _conv(self.features * 4, 1, 1, self.dtype, 'conv3')(y)
+    y = _batch_norm(train, self.dtype, 'bn3')(y)
+    return nn.relu(y + _shortcut(self, x, train))
+
+
+def _shortcut(block: nn.Module, x, train: bool):
+  """Identity, or torchvision's 1x1 strided conv + BN when the shape changes."""
+  out_features = block.features * block.expansion
+  if block.stride == 1 and x.shape[-1] == out_features:
+    return x
+  y = _conv(out_features, 1, block.stride, block.dtype, 'downsample_conv')(x)
+  return _batch_norm(train, block.dtype, 'downsample_bn')(y)
+
+
+class ResNet(nn.Module):
+  """ResNet trunk with a choice of output.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet18.
+    block_cls: BasicBlock or Bottleneck.
+    output: 'map' (B, h, w, C) last feature map; 'pooled' (B, C) global average;
+      'logits' (B, num_classes) through the `fc` head.
+    num_classes: head width when output == 'logits'.
+    small_stem: 3x3 stride-1 stem without max-pool, for 28-64 px inputs (overall stride 8, not 32).
+  """
+  stage_sizes: Sequence[int]
+  block_cls: Any
+  output: str = 'pooled'
+  num_classes: int = 1000
+  small_stem: bool = False
+  width: int = 64  # Stem / first-stage channels; torchvision's 64. Tests shrink it.
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.output not in ('map', 'pooled', 'logits'):
+      raise ValueError(f"ResNet.output must be 'map', 'pooled' or 'logits', got {self.output!r}")
+    x = x.astype(self.dtype)
+    if self.small_stem:
+      x = _conv(self.width, 3, 1, self.dtype, 'conv1')(x)
+      x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
+    else:
+      x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
+      x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        stride = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(self.width * 2**i, stride, self.dtype, name=f'layer{i + 1}_{j}')(x, train)
+    if self.output == 'map':
+      return x
+    x = jnp.mean(x, axis=(1, 2))
+    if self.output == 'pooled':
+      return x
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+# One block per stage: the same code paths at a fraction of the cost, for tests only.
+ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block_cls=BasicBlock)
+
+BACKBONES = {'resnet18': ResNet18, 'resnet50': ResNet50, 'resnet_tiny': ResNetTiny}
+
+
+def backbone(name: str, **kwargs) -> ResNet:
+  """Looks a trunk up by config name, naming the choices on a typo."""
+  if name not in BACKBONES:
+    raise ValueError(f'unknown backbone {name!r}; choose one of {sorted(BACKBONES)}')
+  return BACKBONES[name](**kwargs)
+
+
+def feature_width(name: str, width: int = 64) -> int:
+  """Channels of the trunk's last stage (512 for ResNet18, 2048 for ResNet50)."""
+  return 8 * width * backbone(name).block_cls.expansion
