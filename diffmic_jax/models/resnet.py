@@ -125,13 +125,13 @@ ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block_cls=Basic
 BACKBONES = {'resnet18': ResNet18, 'resnet50': ResNet50, 'resnet_tiny': ResNetTiny}
 
 
-def backbone(name: str, **kwargs) -> ResNet:
+def backbone(arch: str, **kwargs) -> ResNet:
   """Looks a trunk up by config name, naming the choices on a typo."""
-  if name not in BACKBONES:
-    raise ValueError(f'unknown backbone {name!r}; choose one of {sorted(BACKBONES)}')
-  return BACKBONES[name](**kwargs)
+  if arch not in BACKBONES:
+    raise ValueError(f'unknown backbone {arch!r}; choose one of {sorted(BACKBONES)}')
+  return BACKBONES[arch](**kwargs)
 
 
-def feature_width(name: str, width: int = 64) -> int:
+def feature_width(arch: str, width: int = 64) -> int:
   """Channels of the trunk's last stage (512 for ResNet18, 2048 for ResNet50)."""
-  return 8 * width * backbone(name).block_cls.expansion
+  return 8 * width * backbone(arch).block_cls.expansion

@@ -1,0 +1,84 @@
+"""DiffMIC's deterministic preprocessing, done once at build time, and the decode at read time.
+
+DiffMIC applies CropCenterSquare -> Resize(224) before every random op, so storing the cropped,
+resized image is exactly equivalent to decoding the original each epoch, and training never
+decodes a multi-megapixel photo. Images already square at the stored size and in JPEG are kept
+byte for byte (no second lossy encode).
+"""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from diffmic_jax.data.examples import DataError, Example
+
+JPEG_QUALITY = 95
+
+
+def center_square(image: Image.Image) -> Image.Image:
+  """Centre square of side min(H, W) (DiffMIC's CropCenterSquare)."""
+  w, h = image.size
+  side = min(w, h)
+  left, top = (w - side) // 2, (h - side) // 2
+  return image.crop((left, top, left + side, top + side))
+
+
+def _open(ex: Example) -> tuple[Image.Image, bytes | None]:
+  if ex.pixels is not None:
+    pixels = np.asarray(ex.pixels, np.uint8)
+    return Image.fromarray(pixels).convert('RGB'), None
+  try:
+    with open(ex.path, 'rb') as f:
+      raw = f.read()
+    image = Image.open(io.BytesIO(raw))
+    image.load()  # Decodes fully: a truncated or corrupt file fails here, not in training.
+  except FileNotFoundError as e:
+    raise DataError(f'{ex.where}: id {ex.key!r} has no image (missing file {ex.path})') from e
+  except Exception as e:  # PIL raises many types for bad files.
+    raise DataError(f'{ex.where}: cannot decode image {ex.path} for id {ex.key!r}: '
+                    f'{type(e).__name__}: {e}') from e
+  return image, raw
+
+
+def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg') -> bytes:
+  """Reads, crops, resizes and encodes one image.
+
+  Args:
+    ex: The example (file or pixels).
+    stored_size: Side of the stored square image; None keeps the size (must be square).
+    encoding: 'jpeg' (photographs) or 'png' (lossless, for small array sets).
+
+  Returns:
+    Encoded image bytes, RGB, `stored_size` square.
+  """
+  image, raw = _open(ex)
+  keep = (raw is not None and image.format == 'JPEG' and encoding == 'jpeg'
+          and image.mode == 'RGB' and image.size[0] == image.size[1]
+          and (stored_size is None or image.size[0] == stored_size))
+  if keep:
+    return raw
+  image = center_square(image.convert('RGB'))
+  if stored_size is not None and image.size[0] != stored_size:
+    image = image.resize((stored_size, stored_size), Image.BICUBIC)
+  out = io.BytesIO()
+  if encoding == 'png':
+    image.save(out, 'PNG')
+  else:
+    image.save(out, 'JPEG', quality=JPEG_QUALITY)
+  return out.getvalue()
+
+
+def decode(data: bytes, size: int) -> np.ndarray:
+  """Decodes stored bytes to uint8 [size, size, 3], resizing if the stored size differs.
+
+  JPEG draft mode lets the decoder downscale in the DCT domain, which roughly doubles read
+  throughput when the stored size is at least twice the model size.
+  """
+  image = Image.open(io.BytesIO(data))
+  if image.size != (size, size):
+    image.draft('RGB', (size, size))
+  image = image.convert('RGB')
+  if image.size != (size, size):
+    image = image.resize((size, size), Image.BILINEAR)
+  return np.asarray(image, np.uint8)

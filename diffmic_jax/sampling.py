@@ -1,0 +1,107 @@
+"""Reverse samplers: each one `lax.scan` over a pure step, on the accelerator.
+
+The image features and priors are computed once, before the chain: the epsilon network's encoder
+does not depend on y_t or t, so each reverse step costs only the small head. The official code
+re-runs the encoder at every step; caching is exact in eval mode.
+
+Three chains, all starting from y_T = y_hat + N(0, I):
+  'full'       the T-step ancestral chain t = T-1 .. 1, then the noise-free step from t = 0;
+  'truncated'  the official test chain: the same loop run over the last n steps of the T-step
+               schedule only (t = n-1 .. 0). It is not a respacing, and it is what produced the
+               published DiffMIC numbers (n = 60 APTOS, 250 ISIC, 100 placenta);
+  'ddim'       a deterministic respaced chain over S << T timesteps spread over [0, T).
+Every sampler draws M samples per image in one call and returns per-sample class probabilities.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffmic_jax.diffusion import CARDSchedule
+
+# eps_fn(y_t (N, K), t scalar int) -> eps (N, K), with the image features and priors bound.
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def ancestral_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps: int):
+  """Runs y_T -> y_0 over t = num_steps-1 .. 1 with posterior noise, then the last step.
+
+  Args:
+    schedule: the T-step schedule; num_steps <= T picks its first num_steps entries.
+    eps_fn: noise prediction with features and priors bound.
+    y_hat: (N, K) prior mean the forward process ends at.
+    key: PRNG key; step t draws its noise from fold_in(key, t).
+    num_steps: T for the full chain, n for the official truncated chain.
+
+  Returns:
+    y_0 (N, K).
+  """
+  if not 1 <= num_steps <= schedule.num_timesteps:
+    raise ValueError(f'num_steps must be in [1, {schedule.num_timesteps}], got {num_steps}')
+  y_T = y_hat + jax.random.normal(jax.random.fold_in(key, schedule.num_timesteps), y_hat.shape)
+
+  def step(y_t, t):
+    z = jax.random.normal(jax.random.fold_in(key, t), y_t.shape)
+    return schedule.p_sample_step(y_t, y_hat, t, eps_fn(y_t, t), z), None
+
+  y_1, _ = jax.lax.scan(step, y_T, jnp.arange(num_steps - 1, 0, -1))
+  return schedule.last_step(y_1, y_hat, eps_fn(y_1, jnp.asarray(0)))
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """Descending, distinct timesteps from T-1 to 0 (at most T of them)."""
+  ts = np.unique(np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int32))
+  return ts[::-1].copy()
+
+
+def ddim_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps: int):
+  """Deterministic respaced chain over `num_steps` timesteps; only y_T is random."""
+  ts = ddim_timesteps(schedule.num_timesteps, num_steps)
+  nexts = np.append(ts[1:], -1)
+  y_T = y_hat + jax.random.normal(jax.random.fold_in(key, schedule.num_timesteps), y_hat.shape)
+
+  def step(y_t, ts_pair):
+    t, s = ts_pair
+    return schedule.ddim_step(y_t, y_hat, t, s, eps_fn(y_t, t)), None
+
+  y_0, _ = jax.lax.scan(step, y_T, (jnp.asarray(ts), jnp.asarray(nexts)))
+  return y_0
+
+
+def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat, key, *,
+                 method: str, num_steps: int, num_samples: int = 1):
+  """Class probabilities from `num_samples` reverse chains per image.
+
+  Args:
+    schedule: the training schedule.
+    head: eps_theta(features, y_t, priors, t) with variables bound (see eps_net.head_fn).
+    features: (B, F) encoder features, computed once.
+    priors: conditioning priors as the head takes them: (B, K) or a tuple of (B, K).
+    y_hat: (B, K) prior mean of the forward process (the fused prior).
+    key: PRNG key.
+    method: 'full' | 'truncated' | 'ddim'.
+    num_steps: ignored for 'full'; n for 'truncated'; S for 'ddim'.
+    num_samples: M.
+
+  Returns:
+    (M, B, K) softmax of each sampled y_0, as the official read-out.
+  """
+  b, k = y_hat.shape
+  tile = lambda a: jnp.tile(a, (num_samples,) + (1,) * (a.ndim - 1))
+  feats, y_hat_m = tile(features), tile(y_hat)
+  priors_m = jax.tree.map(tile, priors)
+
+  def eps_fn(y_t, t):
+    return head(feats, y_t, priors_m, jnp.full((y_t.shape[0],), t, jnp.int32))
+
+  if method == 'full':
+    y0 = ancestral_chain(schedule, eps_fn, y_hat_m, key, schedule.num_timesteps)
+  elif method == 'truncated':
+    y0 = ancestral_chain(schedule, eps_fn, y_hat_m, key, num_steps)
+  elif method == 'ddim':
+    y0 = ddim_chain(schedule, eps_fn, y_hat_m, key, num_steps)
+  else:
+    raise ValueError(f"sampler must be 'full', 'truncated' or 'ddim', got {method!r}")
+  return jax.nn.softmax(y0, axis=-1).reshape(num_samples, b, k)

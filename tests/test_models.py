@@ -1,0 +1,143 @@
+"""Shapes, parameter counts and the ROI mechanics of the Linen modules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffmic_jax.models import DCG, EpsilonNet, backbone, dcg, priors
+
+
+def _count(variables):
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize('arch,expected', [('resnet18', 11_689_512), ('resnet50', 25_557_032)])
+def test_resnet_param_counts_equal_torchvision(arch, expected):
+  model = backbone(arch, output='logits', num_classes=1000)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+  assert _count(shapes) == expected
+
+
+def test_official_model_sizes():
+  # diffmic.md section 8: eps_theta 108.44 M and DCG 47.56 M parameters at K = 5.
+  eps = EpsilonNet(5)
+  shapes = jax.eval_shape(lambda: eps.init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 5)), jnp.zeros((1, 5)),
+      jnp.zeros((1,), jnp.int32)))
+  assert _count(shapes) == 108_436_037
+  assert shapes['params']['layers_0']['embed']['embedding'].shape == (1001, 6144)
+  guide = DCG(5)
+  shapes = jax.eval_shape(lambda: guide.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+  assert _count(shapes) == 47_560_960
+
+
+@pytest.mark.parametrize('size,small_stem,grid', [(224, False, 7), (28, True, 4), (64, True, 8)])
+def test_resnet_map_grid(size, small_stem, grid):
+  model = backbone('resnet18', output='map', small_stem=small_stem, width=8)
+  out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0),
+                                                      jnp.zeros((2, size, size, 3)))[0])
+  assert out.shape == (2, grid, grid, 64)
+
+
+def _real_image(data_root, size):
+  path = sorted((data_root / 'ham10000_224' / 'images').glob('*.jpg'))[0]
+  img = np.asarray(Image.open(path).convert('RGB').resize((size, size)), np.float32) / 255.0
+  return jnp.asarray((img - 0.45) / 0.25)[None]
+
+
+@pytest.mark.parametrize('size,small_stem', [(224, False), (32, True)])
+def test_dcg_forward(data_root, size, small_stem):
+  model = DCG(7, backbone='resnet18', small_stem=small_stem, width=8)
+  x = jnp.concatenate([_real_image(data_root, size)] * 2)
+  variables = model.init(jax.random.key(0), x)
+  out, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  grid = 7 if size == 224 else 4
+  tile = size // grid
+  assert out['logits'].shape == (2, 7)
+  assert out['saliency'].shape == (2, grid, grid, 7)
+  assert out['roi_boxes'].shape == (2, 6, 4)
+  np.testing.assert_allclose(out['attention'].sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out['logits'], 0.5 * (out['logits_global'] + out['logits_local']),
+                             rtol=1e-5, atol=1e-6)
+  boxes = np.asarray(out['roi_boxes'])
+  assert np.all(boxes[..., 2] - boxes[..., 0] == tile) and np.all(boxes[..., 3] - boxes[..., 1] == tile)
+  assert len({tuple(b) for b in boxes[0]}) == 6  # six distinct cells
+  assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(variables['batch_stats'])
+  for p in priors(out):
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_crop_returns_the_tiles_under_the_top_cells():
+  # A 7x7 saliency map whose top cells are known; the crops must be exactly those 32px tiles.
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 224, 224, 3)).astype(np.float32)
+  sal = np.zeros((2, 7, 7, 5), np.float32)
+  hot = [[(0, 0), (3, 4), (6, 6), (2, 1), (5, 0), (1, 5)], [(6, 0), (0, 6), (4, 4), (1, 1), (2, 3), (3, 2)]]
+  for b, cells in enumerate(hot):
+    for rank, (r, c) in enumerate(cells):
+      sal[b, r, c, :] = 10.0 - rank  # every class agrees, strictly decreasing
+  idx = dcg.select_rois(jnp.asarray(sal), 6)
+  tiles, boxes = dcg.crop_tiles(jnp.asarray(images), idx, (7, 7))
+  for b, cells in enumerate(hot):
+    for rank, (r, c) in enumerate(cells):
+      np.testing.assert_array_equal(tiles[b, rank], images[b, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32])
+      assert tuple(boxes[b, rank]) == (r * 32, c * 32, (r + 1) * 32, (c + 1) * 32)
+
+
+def test_roi_selection_normalises_each_class_map():
+  # Class 0 has huge values in one cell, class 1 small values elsewhere: after min-max
+  # normalisation both count equally, so the official sum picks a cell hot in both.
+  sal = np.zeros((1, 3, 3, 2), np.float32)
+  sal[0, 0, 0, 0] = 1000.0
+  sal[0, 1, 1, 0] = 900.0
+  sal[0, 1, 1, 1] = 0.5
+  sal[0, 2, 2, 1] = 1.0
+  idx = np.asarray(dcg.select_rois(jnp.asarray(sal), 2))[0]
+  assert list(idx) == [4, 0] or list(idx) == [4, 8]
+  assert idx[0] == 4  # 0.9 + 0.5 beats 1.0 + 0 and 0 + 1.0
+  # A constant class map must not poison the sum with NaN.
+  const = jnp.ones((1, 3, 3, 2))
+  assert np.all(np.isfinite(np.asarray(dcg.select_rois(const, 2))))
+
+
+def test_crop_first_channel_option():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 32, 32, 3)), jnp.float32)
+  model = DCG(3, backbone='resnet_tiny', small_stem=True, width=4, crop_first_channel=True, num_rois=2)
+  variables = model.init(jax.random.key(0), x)
+  out, state = model.apply(variables, x, capture_intermediates=lambda m, _: m.name == 'local_net',
+                           mutable=['intermediates'])
+  assert out['logits'].shape == (1, 3)
+  # The local stream saw grey tiles: all three input channels equal channel 0.
+  tiles, _ = dcg.crop_tiles(jnp.repeat(x[..., :1], 3, -1), dcg.select_rois(out['saliency'], 2),
+                            out['saliency'].shape[1:3])
+  assert np.allclose(tiles[..., 0], tiles[..., 2])
+
+
+def test_top_t_percent_aggregation():
+  sal = jnp.arange(2 * 2 * 2 * 1, dtype=jnp.float32).reshape(2, 2, 2, 1)
+  np.testing.assert_allclose(dcg.top_t_percent_mean(sal, 1.0)[:, 0], [1.5, 5.5])
+  np.testing.assert_allclose(dcg.top_t_percent_mean(sal, 0.5)[:, 0], [2.5, 6.5])
+
+
+@pytest.mark.parametrize('size,small_stem,prior_input', [(224, False, 'fused'), (28, True, 'global_local')])
+def test_epsilon_net_forward_and_encode_head_split(size, small_stem, prior_input):
+  k, b = 5, 3
+  model = EpsilonNet(k, num_timesteps=50, feature_dim=32, small_stem=small_stem, width=8,
+                     prior_input=prior_input)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(b, size, size, 3)), jnp.float32)
+  y_t = jnp.ones((b, k))
+  pr = jnp.full((b, k), 0.2) if prior_input == 'fused' else (jnp.full((b, k), 0.2),) * 2
+  t = jnp.array([0, 10, 49])
+  variables = model.init(jax.random.key(0), x, y_t, pr, t)
+  eps = model.apply(variables, x, y_t, pr, t)
+  assert eps.shape == (b, k)
+  feats = model.apply(variables, x, method=EpsilonNet.encode)
+  assert feats.shape == (b, 32)
+  np.testing.assert_allclose(model.apply(variables, feats, y_t, pr, t, method=EpsilonNet.head), eps,
+                             rtol=1e-5, atol=1e-6)
+  emb = variables['params']['layers_0']['embed']['embedding']
+  assert emb.shape == (51, 32) and float(emb.min()) >= 0.0 and float(emb.max()) <= 1.0
+  with pytest.raises(ValueError, match='prior'):
+    model.apply(variables, x, y_t, (pr,) * 3 if prior_input == 'fused' else pr[0], t)
