@@ -3,11 +3,8 @@
 One builder per dataset name (`aptos2019`, `isic2018`, `image_folder`, `medmnist`, `demo`), all
 sharing `_DiffmicBuilder`: the split resolution of `builders/<name>.py`, then DiffMIC's crop and
 resize, stored as encoded bytes. The config name carries the split scheme and the stored size
-(`diffmic_224`), so builds with different sizes live side by side. `tfds build` works too:
-
-    tfds build diffmic_jax/data/builders/tfds_builders.py --manual_dir=... (per dataset)
-
-but `diffmic_jax.data.prepare(config.data)` is the usual way. TFDS writes into an `incomplete.*`
+(`diffmic_224`), so builds with different sizes live side by side. The configs are made from
+`config.data` by `dataset.builder_config_of`; build with `diffmic_jax.data.prepare(config.data)`. TFDS writes into an `incomplete.*`
 folder and renames it only when every split is written, so a failed build leaves nothing a later
 read would pick up.
 """
@@ -15,6 +12,7 @@ read would pick up.
 import dataclasses
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -53,6 +51,9 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version(VERSION)
   RESOLVER_NAME = ''
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'See the module docstring of diffmic_jax/data/builders/.'
+  # TFDS finds a builder's folder through importlib_resources, which is not a dependency here
+  # (and there is no checksums file to find): name it directly.
+  code_path = epath.Path(__file__)
 
   def __init__(self, *args, resolved: Splits | None = None, **kwargs):
     self.resolved = resolved  # Splits already resolved and checked by `prepare`.
@@ -101,33 +102,25 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Aptos2019(_DiffmicBuilder):
   """APTOS 2019 Blindness Detection (diabetic-retinopathy grade 0-4)."""
   RESOLVER_NAME = 'aptos2019'
-  BUILDER_CONFIGS = [DiffmicConfig(name=config_name(s, 224), scheme=s, num_classes=5)
-                     for s in ('diffmic', 'grouped')]
 
 
 class Isic2018(_DiffmicBuilder):
   """ISIC 2018 Task 3 / HAM10000 (7 classes, DiffMIC order)."""
   RESOLVER_NAME = 'isic2018'
-  BUILDER_CONFIGS = [DiffmicConfig(name=config_name(s, 224), scheme=s, num_classes=7)
-                     for s in ('diffmic', 'grouped')]
 
 
 class ImageFolder(_DiffmicBuilder):
   """Any folder of images with `labels.csv` (file,label[,split][,group])."""
   RESOLVER_NAME = 'image_folder'
-  BUILDER_CONFIGS = [DiffmicConfig(name=config_name('default', 224), scheme='default')]
 
 
 class Medmnist(_DiffmicBuilder):
   """A MedMNIST `.npz` file, official splits, stored at its own size as PNG."""
   RESOLVER_NAME = 'medmnist'
-  BUILDER_CONFIGS = [DiffmicConfig(name='retinamnist', scheme='retinamnist', stored_size=None,
-                                   num_classes=5, encoding='png')]
 
 
 class Demo(Medmnist):
   """The embedded demo set: RetinaMNIST (CC BY 4.0), shipped in diffmic_jax/data/demo/."""
-  BUILDER_CONFIGS = Medmnist.BUILDER_CONFIGS
   DEMO_DIR = package_file('demo')
 
 

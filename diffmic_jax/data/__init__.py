@@ -1,0 +1,18 @@
+"""Data for DiffMIC-JAX: TFDS array_record builders, read back by a grain pipeline.
+
+    prepare(config.data)                     # build once (idempotent) from data.manual_dir
+    it = make_train_iterator(config.data, image_size=224, global_batch_size=32, seed=0)
+    batch = next(it)                          # {'image': uint8 [b,H,W,3], 'label': int32 [b]}
+    images = normalize(batch['image'])        # on device: ImageNet mean/std, float32
+
+Evaluation batches are padded and carry `mask`/`index`, so every example counts exactly once.
+"""
+
+from diffmic_jax.data.dataset import class_counts
+from diffmic_jax.data.dataset import num_examples
+from diffmic_jax.data.dataset import prepare
+from diffmic_jax.data.dataset import resolve_splits
+from diffmic_jax.data.examples import DataError
+from diffmic_jax.data.normalize import IMAGENET_MEAN
+from diffmic_jax.data.normalize import IMAGENET_STD
+from diffmic_jax.data.normalize import normalize
