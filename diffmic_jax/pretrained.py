@@ -70,17 +70,18 @@ class PretrainedReport:
       key = (source, _module_of(path))
       by_source[key] = by_source.get(key, 0) + 1
     for (source, module), n in sorted(by_source.items()):
-      lines.append(f'pretrained: {n} tensors of {module} from {source}')
+      lines.append(f'pretrained: {n} tensor(s) of {module} from {source}')
     new_by_module: dict[str, int] = {}
     for path in self.new:
       new_by_module[_module_of(path)] = new_by_module.get(_module_of(path), 0) + 1
     for module, n in sorted(new_by_module.items()):
-      lines.append(f'newly initialised: {n} tensors of {module}')
+      lines.append(f'newly initialised: {n} tensor(s) of {module}')
     return '\n'.join(lines)
 
 
 def init_from_pretrained(variables: Mapping[str, Any], path: str | Mapping[str, Any],
-                         prefix: Sequence[str] = ()) -> tuple[dict, PretrainedReport]:
+                         prefix: Sequence[str] = (),
+                         source_name: str | None = None) -> tuple[dict, PretrainedReport]:
   """Replaces the ResNet subtree at `prefix` with pretrained tensors.
 
   The file's `fc` head is ignored: DiffMIC's trunks have none, and a model's own `fc` (if the
@@ -92,6 +93,7 @@ def init_from_pretrained(variables: Mapping[str, Any], path: str | Mapping[str, 
       for several trunks).
     prefix: module path of the trunk, e.g. ('global_net',) in the DCG or ('encoder',) in the
       epsilon network; () when `variables` belong to a bare ResNet.
+    source_name: how the report and errors name the source; defaults to `path` when it is one.
 
   Returns:
     (new variables as nested dicts, with the subtree's arrays in the target's dtype;
@@ -101,7 +103,7 @@ def init_from_pretrained(variables: Mapping[str, Any], path: str | Mapping[str, 
     ValueError: the subtree is absent, or the file has missing, unexpected or mis-shaped tensors;
       the message lists each with its expected and actual shapes.
   """
-  source_name = path if isinstance(path, str) else '<loaded variables>'
+  source_name = source_name or (path if isinstance(path, str) else '<loaded variables>')
   source = load_variables(path) if isinstance(path, str) else path
   prefix = tuple(prefix)
   where = '/'.join(prefix) or 'the model'

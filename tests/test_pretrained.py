@@ -137,7 +137,7 @@ def test_resnet18_parity_with_torch(resnet18_files):
   # Pooled features through init_from_pretrained, as the epsilon network's encoder gets them.
   wrapper = _WithEncoder()
   fresh = wrapper.init(jax.random.key(1), x[:1])
-  loaded, report = pretrained.init_from_pretrained(fresh, variables, ('encoder',))
+  loaded, report = pretrained.init_from_pretrained(fresh, variables, ('encoder',), 'r18')
   pooled = wrapper.apply(loaded, x, capture_intermediates=lambda m, _: m.name == 'encoder',
                          mutable=['intermediates'])[1]['intermediates']['encoder']['__call__'][0]
   np.testing.assert_allclose(np.asarray(pooled), pooled_t, rtol=TOL, atol=TOL)
@@ -148,8 +148,8 @@ def test_resnet18_parity_with_torch(resnet18_files):
 
   assert sorted(report.new) == ['params/head/bias', 'params/head/kernel']
   assert len(report.loaded) == 20 + 20 * 2 + 20 * 2  # convs, BN (scale, bias), BN (mean, var)
-  assert 'batch_stats/encoder/layer2_0/downsample_bn/var' in report.loaded
-  assert 'newly initialised: 2 tensors of params/head' in report.summary()
+  assert report.loaded['batch_stats/encoder/layer2_0/downsample_bn/var'] == 'r18'
+  assert 'newly initialised: 2 tensor(s) of params/head' in report.summary()
 
 
 def test_pth_wrapped_ddp_and_cli_agree(resnet18_files, tmp_path):
