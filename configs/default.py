@@ -20,8 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- data (owned by diffmic_jax/data) ----
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'aptos2019'  # TFDS builder: aptos2019 | isic2018 | image_folder | medmnist.
-  c.data.builder_config = 'diffmic'  # Builder config (the split scheme), e.g. diffmic | grouped.
+  c.data.name = 'aptos2019'  # aptos2019 | isic2018 | image_folder | medmnist | demo.
+  c.data.builder_config = 'diffmic'  # Split scheme: diffmic | grouped; medmnist: file name.
   c.data.data_dir = '~/tensorflow_datasets'  # Where built array_record files live (gs:// ok).
   c.data.manual_dir = ''  # Source images + CSV for building; '' means the builder default.
   c.data.train_split = 'train'
@@ -34,12 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.num_workers = 0  # grain worker processes; 0 reads in threads of the main process.
   c.data.read_threads = 4  # Threads decoding images per process (PIL releases the GIL).
   c.data.prefetch_batches = 2  # Batches buffered ahead of the train step.
+  c.data.stored_size = 224  # Side of the images stored at build time (crop + resize once).
+  c.data.num_classes = -1  # image_folder K (-1: largest label + 1); fixed for the others.
+  c.data.skip_bad_examples = False  # Build: skip bad images/rows (listed in skipped.txt).
 
   # ---- model ----
   c.model = ml_collections.ConfigDict()
   c.model.dcg_backbone = 'resnet50'  # Official DCG: two ImageNet ResNet50s (global, local).
   c.model.eps_backbone = 'resnet18'  # Official epsilon-network encoder: ResNet18, from scratch.
   c.model.small_stem = False  # 3x3 stride-1 stem, no max-pool: for 28-64 px inputs.
+  c.model.width = 64  # ResNet base width (torchvision: 64). Smaller only for smoke tests.
   c.model.num_rois = 6  # k: image tiles the local stream looks at.
   c.model.top_t_percent = 1.0  # y_g aggregates the top t fraction of saliency cells (1.0 = mean).
   c.model.attention_dim = 128  # Gated-attention hidden width (U, V: C -> 128).

@@ -16,3 +16,5 @@ from diffmic_jax.data.examples import DataError
 from diffmic_jax.data.normalize import IMAGENET_MEAN
 from diffmic_jax.data.normalize import IMAGENET_STD
 from diffmic_jax.data.normalize import normalize
+from diffmic_jax.data.pipeline import make_eval_iterator
+from diffmic_jax.data.pipeline import make_train_iterator

@@ -38,7 +38,8 @@ def builder_config_of(data_cfg) -> DiffmicConfig:
 
 
 def _data_dir(data_cfg) -> str:
-  return os.path.abspath(os.path.expanduser(data_cfg.data_dir))
+  path = os.path.expanduser(data_cfg.data_dir)
+  return path if '://' in path else os.path.abspath(path)
 
 
 def builder_of(data_cfg, **kwargs) -> tfds.core.DatasetBuilder:
@@ -100,12 +101,20 @@ def prepare(data_cfg) -> None:
     logging.warning('Skipped %d bad examples; listed in %s', len(builder.skipped), path)
 
 
+_BUILT: dict[tuple, tfds.core.DatasetBuilder] = {}
+
+
 def _built_builder(data_cfg):
-  builder = builder_of(data_cfg)
-  if not _is_built(builder):
-    raise DataError(f'{data_cfg.name}/{builder.builder_config.name} is not built in '
-                    f'{builder.data_dir}; call diffmic_jax.data.prepare(config.data) first')
-  return builder
+  """The builder of an already built dataset (cached: instantiating one reads JSON and logs)."""
+  cfg = builder_config_of(data_cfg)
+  key = (_data_dir(data_cfg), data_cfg.name, cfg.name)
+  if key not in _BUILT:
+    builder = builder_of(data_cfg)
+    if not _is_built(builder):
+      raise DataError(f'{data_cfg.name}/{cfg.name} is not built in {builder.data_dir}; call '
+                      'diffmic_jax.data.prepare(config.data) first')
+    _BUILT[key] = builder
+  return _BUILT[key]
 
 
 def data_source(data_cfg, split: str):

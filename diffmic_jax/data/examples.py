@@ -118,7 +118,9 @@ def check_splits(splits: Splits, num_classes: int, *, skip_bad: bool = False,
         problem = f'{ex.where}: label {ex.label} outside [0, {num_classes}) for id {ex.key!r}'
       elif ex.key in seen:
         problem = f'{ex.where}: duplicate id {ex.key!r} (first seen at {seen[ex.key]})'
-      elif ex.pixels is None and (ex.path is None or not os.path.isfile(ex.path)):
+      elif ex.pixels is None and ex.path is None:
+        problem = f'{ex.where}: id {ex.key!r} is listed but has no image in the manual directory'
+      elif ex.pixels is None and not os.path.isfile(ex.path):
         problem = f'{ex.where}: id {ex.key!r} has no image (missing file {ex.path})'
       if problem:
         if not skip_bad:
