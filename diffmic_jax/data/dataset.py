@@ -44,7 +44,8 @@ def _data_dir(data_cfg) -> str:
 
 def builder_of(data_cfg, **kwargs) -> tfds.core.DatasetBuilder:
   """The TFDS builder for `config.data` (reads `dataset_info.json` when already built)."""
-  return BUILDERS[data_cfg.name](config=builder_config_of(data_cfg), data_dir=_data_dir(data_cfg),
+  config = builder_config_of(data_cfg)  # Checks the name first.
+  return BUILDERS[data_cfg.name](config=config, data_dir=_data_dir(data_cfg),
                                  file_format='array_record',
                                  **kwargs)
 

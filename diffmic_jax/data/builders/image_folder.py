@@ -29,8 +29,8 @@ def resolve(manual_dir: str, scheme: str = 'default', num_classes: int = -1) -> 
     num_classes: Unused here (checked by `check_splits`).
 
   Returns:
-    `{'train', 'validation', 'test'}` -> examples (a split absent from a `split` column is
-    absent here), unchecked.
+    `{'train', 'validation', 'test'}` -> examples (one absent from a `split` column is empty,
+    which `check_splits` refuses), unchecked.
   """
   del scheme, num_classes
   path = os.path.join(manual_dir, CSV_NAME)
@@ -53,7 +53,7 @@ def resolve(manual_dir: str, scheme: str = 'default', num_classes: int = -1) -> 
     raise DataError(f'{path}: no rows')
   if not has_split:
     return group_split(examples, [0.7, 0.15, 0.15], ['train', 'validation', 'test'])
-  splits = {}
+  splits = {'train': [], 'validation': [], 'test': []}  # An absent one is an empty split.
   for ex, side in zip(examples, sides):
     splits.setdefault(side, []).append(ex)
   return splits
