@@ -89,3 +89,22 @@ def test_medmnist_from_shared_folder(data_root):
                                    manual_dir=str(data_root / 'breastmnist')))
   assert {k: len(v) for k, v in splits.items()} == {'train': 546, 'validation': 78, 'test': 156}
   assert max(ex.label for ex in splits['train']) == 1
+
+
+def test_isic_original_download_layout(data_root, tmp_path):
+  """HAM10000_metadata.csv plus `<image_id>.jpg` anywhere below the folder."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  with open(data_root / 'ham10000_224' / 'labels.csv') as f:
+    rows = list(csv.DictReader(f))[:30]
+  (tmp_path / 'HAM10000_images_part_1').mkdir()
+  with open(tmp_path / 'HAM10000_metadata.csv', 'w') as f:
+    f.write('lesion_id,image_id,dx,dx_type,age,sex,localization\n')
+    for row in rows:
+      f.write(f"{row['lesion_id']},{row['image_id']},{row['dx']},histo,50.0,male,back\n")
+      shutil.copy(data_root / 'ham10000_224' / row['file'],
+                  tmp_path / 'HAM10000_images_part_1' / f"{row['image_id']}.jpg")
+  splits = resolve_splits(data_cfg(name='isic2018', builder_config='grouped',
+                                   manual_dir=str(tmp_path)))
+  labels = {row['image_id']: int(row['label']) for row in rows}
+  assert all(ex.label == labels[ex.key] for exs in splits.values() for ex in exs)
+  assert sum(len(v) for v in splits.values()) == 30
