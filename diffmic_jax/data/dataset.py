@@ -8,6 +8,7 @@ import functools
 import os
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -59,7 +60,7 @@ def manual_dir_of(data_cfg) -> str:
 
 
 def _is_built(builder) -> bool:
-  return os.path.isfile(os.path.join(str(builder.data_dir), 'dataset_info.json'))
+  return (epath.Path(builder.data_dir) / 'dataset_info.json').exists()  # Local or gs://.
 
 
 def resolve_splits(data_cfg, skipped: list[str] | None = None):
@@ -96,9 +97,8 @@ def prepare(data_cfg) -> None:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir_of(data_cfg)))
   if builder.skipped:
-    path = os.path.join(str(builder.data_dir), 'skipped.txt')
-    with open(path, 'w') as f:
-      f.write('\n'.join(builder.skipped) + '\n')
+    path = epath.Path(builder.data_dir) / 'skipped.txt'
+    path.write_text('\n'.join(builder.skipped) + '\n')
     logging.warning('Skipped %d bad examples; listed in %s', len(builder.skipped), path)
 
 
