@@ -1,0 +1,125 @@
+"""The jitted training steps: which gradients flow where, and the encoder-once shortcut."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import demo
+from diffmic_jax import losses, train_state, train_steps
+from diffmic_jax.data.normalize import normalize
+from diffmic_jax.models import priors as dcg_priors
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = demo.get_config('smoke')
+  models = train_state.build_models(config, steps_per_epoch=3)
+  state = train_state.init_state(models, jax.random.key(0), config.image_size)
+  npz = np.load(demo.__file__.replace('configs/demo.py', 'diffmic_jax/data/demo/retinamnist.npz'))
+  batch = {'image': npz['train_images'][:8], 'label': npz['train_labels'][:8, 0].astype(np.int32)}
+  return config, models, state, batch
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, sep='/')
+
+
+def _eps_grads(models, state, batch, key, stop_gradient=True):
+  images = normalize(batch['image'])
+  out = models.dcg.apply(state.dcg.variables(), images, train=False)
+  pri = dcg_priors(out)
+  if stop_gradient:
+    pri = jax.lax.stop_gradient(pri)
+  return jax.jit(jax.grad(lambda p: train_steps.diffusion_loss(models, p, state.eps.batch_stats, images,
+                                                       batch['label'], pri, key)[0]))(state.eps.params)
+
+
+def test_gradients_reach_every_eps_parameter(setup):
+  _, models, state, batch = setup
+  grads = _flat(_eps_grads(models, state, batch, jax.random.key(1)))
+  dead = [k for k, g in grads.items() if not np.any(np.asarray(g) != 0)]
+  assert not dead, f'no gradient reaches {dead}'
+
+
+def test_gradients_reach_every_dcg_parameter_from_its_ce(setup):
+  _, models, state, batch = setup
+  images = normalize(batch['image'])
+
+  def ce(params):
+    out, _ = models.dcg.apply({'params': params, 'batch_stats': state.dcg.batch_stats}, images,
+                              train=True, mutable=['batch_stats'])
+    return jnp.mean(-jax.nn.log_softmax(out['logits'])[jnp.arange(8), batch['label']])
+
+  dead = [k for k, g in _flat(jax.jit(jax.grad(ce))(state.dcg.params)).items() if not np.any(np.asarray(g) != 0)]
+  assert not dead, f'no gradient reaches {dead}'
+
+
+def test_no_diffusion_gradient_reaches_the_dcg(setup):
+  _, models, state, batch = setup
+  images = normalize(batch['image'])
+
+  def loss_wrt_dcg(dcg_params, stop):
+    out = models.dcg.apply({'params': dcg_params, 'batch_stats': state.dcg.batch_stats}, images)
+    pri = dcg_priors(out)
+    pri = jax.lax.stop_gradient(pri) if stop else pri
+    return train_steps.diffusion_loss(models, state.eps.params, state.eps.batch_stats, images,
+                                      batch['label'], pri, jax.random.key(2))[0]
+
+  stopped = jax.jit(jax.grad(lambda p: loss_wrt_dcg(p, True)))(state.dcg.params)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(stopped))
+  # Without the stop-gradient the same loss does reach the DCG: the check above can fail.
+  flowing = jax.jit(jax.grad(lambda p: loss_wrt_dcg(p, False)))(state.dcg.params)
+  assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(flowing))
+
+
+def test_encoder_once_equals_three_full_passes(setup):
+  _, models, state, batch = setup
+  images = normalize(batch['image'])
+  out = models.dcg.apply(state.dcg.variables(), images)
+  pri = jax.lax.stop_gradient(dcg_priors(out))
+  key = jax.random.key(3)
+
+  def three_passes(params):  # What the official code does: the whole network, three times.
+    k_t, k_noise = jax.random.split(key)
+    t = train_steps.antithetic_timesteps(k_t, 8, models.schedule.num_timesteps)
+    noise = jax.random.normal(k_noise, (8, models.num_classes))
+    y0 = jax.nn.one_hot(batch['label'], models.num_classes)
+    stats, preds = state.eps.batch_stats, []
+    for mean in pri:
+      y_t = models.schedule.q_sample(y0, mean, t, noise)
+      p, upd = models.eps.apply({'params': params, 'batch_stats': stats}, images, y_t, mean, t, True,
+                                mutable=['batch_stats'])
+      stats = upd['batch_stats']
+      preds.append(p)
+    return (losses.noise_mse(noise, preds[0]) + models.mmd_weight
+            * (losses.rbf_mmd(noise, preds[1]) + losses.rbf_mmd(noise, preds[2])))
+
+  want = _flat(jax.jit(jax.grad(three_passes))(state.eps.params))
+  got = _flat(_eps_grads(models, state, batch, key))
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+def test_joint_and_pretrain_steps_update_state(setup):
+  _, models, state, batch = setup
+  step = jax.jit(lambda s, b, k: train_steps.joint_step(models, s, b, k))
+  first, _ = step(state, batch, jax.random.key(4))
+  # The epsilon-network LR warms up from 0, so its params move from the second step on.
+  assert float(models.eps_lr(0)) == 0.0
+  new, metrics = step(first, batch, jax.random.key(5))
+  assert int(new.step) == 2 and int(new.joint_steps) == 2
+  for k in ('loss', 'mse', 'mmd_global', 'mmd_local', 'dcg_ce', 'grad_norm', 'eps_lr'):
+    assert np.isfinite(float(metrics[k])), k
+  np.testing.assert_allclose(metrics['loss'], metrics['mse'] + 0.5 * (metrics['mmd_global']
+                                                                       + metrics['mmd_local']), rtol=1e-5)
+  changed = lambda a, b: any(np.any(np.asarray(x) != np.asarray(y))
+                             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert changed(new.dcg.params, state.dcg.params) and changed(new.eps.params, state.eps.params)
+  assert changed(new.eps.batch_stats, state.eps.batch_stats)
+  assert changed(new.ema_params, state.ema_params)
+  pre = jax.jit(lambda s, b: train_steps.dcg_pretrain_step(models, s, b))
+  new2, m2 = pre(state, batch)
+  assert int(new2.step) == 1 and int(new2.joint_steps) == 0 and np.isfinite(float(m2['dcg_ce']))
+  assert not changed(new2.eps.params, state.eps.params)
