@@ -1,0 +1,110 @@
+"""Orbax checkpoints: everything a resume needs in one save, restored into an abstract target.
+
+Each save holds three items: `state` (both models, batch stats, optimizer states, EMA, step),
+`data` (the grain iterator's position, per process) and `meta` (the config that made the run and
+the validation score). Periodic saves go to `<workdir>/checkpoints` (the last few kept, for
+resume); the checkpoint with the best validation score goes to `<workdir>/best`. The test split
+never chooses a checkpoint.
+
+A checkpoint from another config (other K, other backbone, other T) is refused before Orbax sees
+it, with the fields that differ, instead of a shape error deep in a restore. This is the only file
+that imports Orbax.
+"""
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+# Fields that change parameter shapes or meaning: a checkpoint must agree on all of them.
+SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'model.small_stem',
+                'model.width', 'model.feature_dim', 'model.prior_input', 'model.attention_dim',
+                'diffusion.timesteps')
+
+
+class ConfigMismatchError(ValueError):
+  """The checkpoint was written by a run whose model does not fit this config."""
+
+
+def _get(cfg: dict, dotted: str):
+  for part in dotted.split('.'):
+    cfg = cfg.get(part, {}) if isinstance(cfg, dict) else {}
+  return cfg if cfg != {} else None
+
+
+def check_compatible(saved_config: dict, config_dict: dict, where: str) -> None:
+  """Raises ConfigMismatchError naming each shape field where the two configs differ."""
+  diffs = [f'{f}: checkpoint has {_get(saved_config, f)!r}, config has {_get(config_dict, f)!r}'
+           for f in SHAPE_FIELDS if _get(saved_config, f) != _get(config_dict, f)]
+  if diffs:
+    raise ConfigMismatchError(f'checkpoint {where} was written with another model config:\n  '
+                              + '\n  '.join(diffs))
+
+
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+class Checkpointer:
+  """Periodic and best-on-validation checkpoints under one workdir."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    self.workdir = workdir
+    items = ('state', 'data', 'meta')
+    self.periodic = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'), item_names=items,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.best = ocp.CheckpointManager(
+        os.path.join(workdir, 'best'), item_names=items,
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def _manager(self, best: bool) -> ocp.CheckpointManager:
+    return self.best if best else self.periodic
+
+  def latest_step(self, best: bool = False) -> int | None:
+    return self._manager(best).latest_step()
+
+  def path(self, step: int, best: bool = False) -> str:
+    return os.path.join(self._manager(best).directory, str(step))
+
+  def save(self, step: int, state: Any, data_iter, config, extra: dict | None = None,
+           best: bool = False) -> str:
+    """Saves (asynchronously where Orbax can); every process must call it."""
+    meta = {'config': _config_dict(config), 'step': int(step), **(extra or {})}
+    args = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      args['data'] = grain.checkpoint.CheckpointSave(data_iter)
+    self._manager(best).save(step, args=ocp.args.Composite(**args), force=True)
+    return self.path(step, best)
+
+  def read_meta(self, step: int, best: bool = False) -> dict:
+    restored = self._manager(best).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return restored['meta']
+
+  def restore(self, step: int, abstract_state: Any, config, data_iter=None, best: bool = False):
+    """Restores `state` into `abstract_state` (shapes, dtypes, shardings) and, if given, the data
+    iterator in place. Returns (state, meta)."""
+    where = self.path(step, best)
+    meta = self.read_meta(step, best)
+    check_compatible(meta['config'], _config_dict(config), where)
+    args = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self._manager(best).restore(step, args=ocp.args.Composite(**args))
+    return restored['state'], meta
+
+  def wait(self) -> None:
+    self.periodic.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.periodic.close()
+    self.best.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs with shardings: the restore target Orbax needs."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

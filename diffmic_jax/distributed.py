@@ -1,0 +1,45 @@
+"""Multi-process start-up: one JAX process per host (Cloud TPU worker, GPU node, or CPU process).
+
+`jax.distributed.initialize()` needs no arguments on Cloud TPU; elsewhere the coordinator
+address, process count and id come from flags or the environment (JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM and Open MPI are detected by JAX itself). It must run
+before anything touches a device, so main.py calls it first.
+"""
+
+import os
+
+import jax
+from absl import logging
+
+ENV_SWITCH = 'DIFFMIC_DISTRIBUTED'
+
+
+def initialize(mode: str = 'auto', coordinator_address: str = '', num_processes: int = 0,
+               process_id: int = -1) -> None:
+  """Starts the JAX distributed runtime when asked to.
+
+  Args:
+    mode: 'off' (single process), 'on' (always initialise) or 'auto' (initialise when
+      $DIFFMIC_DISTRIBUTED=1 or a coordinator address is given by flag or environment).
+    coordinator_address: host:port of process 0; '' leaves it to JAX (Cloud TPU, SLURM, env).
+    num_processes: total processes; 0 leaves it to JAX.
+    process_id: this process; -1 leaves it to JAX.
+  """
+  if mode not in ('auto', 'on', 'off'):
+    raise ValueError(f"--distributed must be 'auto', 'on' or 'off', got {mode!r}")
+  wanted = mode == 'on' or (mode == 'auto' and (
+      os.environ.get(ENV_SWITCH) == '1' or coordinator_address
+      or os.environ.get('JAX_COORDINATOR_ADDRESS')))
+  if not wanted:
+    return
+  kwargs = {}
+  if coordinator_address:
+    kwargs['coordinator_address'] = coordinator_address
+  if num_processes:
+    kwargs['num_processes'] = num_processes
+  if process_id >= 0:
+    kwargs['process_id'] = process_id
+  jax.distributed.initialize(**kwargs)
+  logging.info('JAX distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())

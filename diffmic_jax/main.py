@@ -1,0 +1,64 @@
+"""Entry point: `python -m diffmic_jax.main --config=configs/aptos.py --workdir=DIR [--mode=...]`.
+
+Kept short on purpose: flags, multi-host start-up, logging, one call. The logic lives in
+importable, tested modules (train.py, inference.py). The same command runs on every worker of a
+TPU slice or GPU cluster (see launch/).
+
+Modes:
+  train     train (resuming from DIR if it holds checkpoints), then evaluate the
+            validation-chosen checkpoint on config.eval.splits
+  evaluate  restore a checkpoint (--checkpoint=best|latest|STEP) and evaluate config.eval.splits
+  predict   per-image probabilities and uncertainty for --split as CSV (+ saliency maps if
+            config.eval.save_saliency)
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here (local or gs://).')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_string('checkpoint', 'best', "evaluate/predict: 'best', 'latest' or a step number.")
+flags.DEFINE_string('split', 'test', 'predict: the split to predict.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
+                  "Multi-process JAX: 'auto' starts it when $DIFFMIC_DISTRIBUTED=1 or a "
+                  'coordinator is given.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (not needed on Cloud TPU).')
+flags.DEFINE_integer('num_processes', 0, 'Process count (0: from the environment).')
+flags.DEFINE_integer('process_id', -1, 'This process (-1: from the environment).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from diffmic_jax import distributed  # Imports JAX: after flags, before any device use.
+  distributed.initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address,
+                         flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  import jax
+  from diffmic_jax import data, inference, train
+
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, f'config_{flags.FLAGS.mode}.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    data.prepare(config.data)  # Builds the TFDS dataset once; other processes wait below.
+  inference.sync('prepared')
+  logging.info('config:\n%s', config)
+  if flags.FLAGS.mode == 'train':
+    results = train.train_and_evaluate(config, workdir)
+  elif flags.FLAGS.mode == 'evaluate':
+    results = inference.evaluate_checkpoint(config, workdir, flags.FLAGS.checkpoint)
+  else:
+    results = inference.predict(config, workdir, flags.FLAGS.split, flags.FLAGS.checkpoint)
+  if jax.process_index() == 0:
+    logging.info('done: %s', json.dumps({k: v.get('diffusion', {}).get('accuracy')
+                                          if isinstance(v, dict) else v for k, v in results.items()}))
+
+
+if __name__ == '__main__':
+  app.run(main)

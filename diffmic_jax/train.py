@@ -1,0 +1,213 @@
+"""The training loop: DCG pre-training, then joint training, with validation-chosen checkpoints.
+
+    stage 1  steps [0, P)        dcg_pretrain_step   (P = dcg_pretrain_epochs x steps_per_epoch)
+    stage 2  steps [P, P + J)    joint_step          (J = epochs x steps_per_epoch)
+
+Every `checkpoint_every_steps` the whole run (state + data iterator position) is saved; a killed
+run resumes from the last save with the same batches and the same keys (both derive from the
+step), so it reproduces an uninterrupted run. The validation split, never the test split, picks
+the best checkpoint; the test split is evaluated once, at the end, from that checkpoint.
+"""
+
+import functools
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from diffmic_jax import checkpoint, data, evaluate, parallel, pretrained, report, train_state
+from diffmic_jax.metric_writer import MetricWriter
+from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A training loss became NaN or infinite."""
+
+
+@functools.lru_cache(maxsize=None)
+def _keys(seed: int):
+  root = jax.random.key(seed)
+  return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
+
+
+def steps_per_epoch(config) -> int:
+  if config.train.steps_per_epoch > 0:
+    return config.train.steps_per_epoch
+  n = data.num_examples(config.data, config.data.train_split)
+  if n < config.train.batch_size:
+    raise ValueError(f'train split has {n} examples, fewer than one batch of {config.train.batch_size}')
+  return n // config.train.batch_size
+
+
+def initial_state(config, models: train_state.Models, mesh):
+  """Random init, then any converted ImageNet weights; replicated over the mesh."""
+  state = jax.jit(functools.partial(train_state.init_state, models, image_size=config.image_size))(
+      _keys(config.seed)['init'])
+  if config.model.pretrained or config.model.eps_pretrained:
+    dcg_vars, eps_vars = state.dcg.variables(), state.eps.variables()
+    if config.model.pretrained:
+      src = pretrained.load_variables(config.model.pretrained)
+      dcg_vars, r1 = pretrained.init_from_pretrained(dcg_vars, src, ('global_net',), config.model.pretrained)
+      dcg_vars, r2 = pretrained.init_from_pretrained(dcg_vars, src, ('local_net',), config.model.pretrained)
+      logging.info('DCG weights:\n%s', r1.merge(r2).summary())
+    if config.model.eps_pretrained:
+      eps_vars, r3 = pretrained.init_from_pretrained(eps_vars, config.model.eps_pretrained, ('encoder',))
+      logging.info('epsilon-network encoder weights:\n%s', r3.summary())
+    state = train_state.state_from_variables(models, dcg_vars, eps_vars)
+  return jax.device_put(state, parallel.replicated(mesh))
+
+
+def compiled_steps(models, mesh):
+  """The two train steps, jitted once: state replicated and donated, batch sharded on 'data'."""
+  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  pretrain = jax.jit(functools.partial(dcg_pretrain_step, models), donate_argnums=0,
+                     in_shardings=(rep, shard), out_shardings=(rep, rep))
+  joint = jax.jit(functools.partial(joint_step, models), donate_argnums=0,
+                  in_shardings=(rep, shard, rep), out_shardings=(rep, rep))
+  return pretrain, joint
+
+
+def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
+  loss = float(metrics.get('loss', metrics['dcg_ce']))
+  if not np.isfinite(loss):
+    last = ckpt.latest_step()
+    where = ckpt.path(last) if last is not None else 'none (no checkpoint was saved yet)'
+    raise NonFiniteLossError(f'non-finite training loss {loss} at step {step}; '
+                             f'last good checkpoint: {where}')
+
+
+class Validator:
+  """Validation on config.data.val_split: picks the best checkpoint by config.train.select_metric."""
+
+  def __init__(self, config, models, mesh):
+    e = config.eval
+    self.config, self.mesh = config, mesh
+    self.spec = evaluate.SamplerSpec(e.val_sampler, e.val_num_steps, 1)
+    self.predict = evaluate.make_predict_fn(models, self.spec)
+    self.batches = data.make_eval_iterator(
+        config.data, config.data.val_split, image_size=config.image_size,
+        global_batch_size=e.batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def __call__(self, state, joint: bool) -> dict:
+    eps_params = state.eval_eps_params(self.config.train.eval_with_ema and self.config.train.ema_decay > 0)
+    pred = evaluate.predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
+                                  self.batches, self.mesh, _keys(self.config.seed)['eval'])
+    res = evaluate.split_results(pred, self.config.num_classes, self.config.data.val_split,
+                                 self.spec.describe(self.config.diffusion.timesteps))
+    scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
+    if joint:
+      scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
+    return scores
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains per `config`, resuming from `workdir` if it holds a checkpoint; returns final results."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  spe = steps_per_epoch(config)
+  models = train_state.build_models(config, spe)
+  pre_steps = config.train.dcg_pretrain_epochs * spe
+  total = pre_steps + config.train.epochs * spe
+  train_iter = data.make_train_iterator(
+      config.data, image_size=config.image_size, global_batch_size=config.train.batch_size,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  ckpt = checkpoint.Checkpointer(workdir, config.train.max_to_keep)
+  state = initial_state(config, models, mesh)
+  best = {'score': -np.inf, 'step': None}
+  if (last := ckpt.latest_step()) is not None:
+    state, meta = ckpt.restore(last, checkpoint.abstract_like(state), config, train_iter)
+    best = meta.get('best', best)
+    logging.info('resumed from %s at step %d', ckpt.path(last), int(state.step))
+  writer = MetricWriter(workdir)
+  validator = Validator(config, models, mesh)
+  pretrain, joint = compiled_steps(models, mesh)
+  train_key = _keys(config.seed)['train']
+  logging.info('%d steps per epoch; stage 1: %d steps, stage 2: %d steps; %d devices, %d processes',
+               spe, pre_steps, total - pre_steps, mesh.devices.size, jax.process_count())
+
+  step = int(state.step)
+  bar = tqdm(total=total, initial=step, desc='train', disable=jax.process_index() != 0,
+             dynamic_ncols=True)
+  pending = None
+  while step < total:
+    batch = parallel.global_batch(next(train_iter), mesh)
+    if step < pre_steps:
+      state, metrics = pretrain(state, batch)
+    else:
+      state, metrics = joint(state, batch, jax.random.fold_in(train_key, step))
+    if pending is not None:  # Check the previous step while this one runs.
+      _check_finite(*pending, ckpt)
+    pending = (step, metrics)
+    step += 1
+    bar.update(1)
+    if step % config.train.log_every_steps == 0 or step == total:
+      host = jax.device_get(metrics)
+      writer.write(step, host, prefix='train/')
+      bar.set_postfix({k: f'{float(v):.4f}' for k, v in host.items() if k in ('loss', 'dcg_ce')})
+    end_of_epoch = step % spe == 0
+    stage_end = step in (pre_steps, total)
+    epoch = (step - pre_steps) // spe if step > pre_steps else 0
+    validate = stage_end or (end_of_epoch and step > pre_steps
+                             and epoch % config.train.eval_every_epochs == 0)
+    if validate:
+      _check_finite(*pending, ckpt)
+      scores = validator(state, joint=step > pre_steps)
+      writer.write(step, scores, prefix='val/')
+      logging.info('step %d validation (%s): %s', step, config.data.val_split, scores)
+      key = config.train.select_metric if step > pre_steps else f'dcg_{config.train.select_metric}'
+      # Stage-1 checkpoints compete only until the first joint validation replaces them.
+      if step > pre_steps and (best['step'] is None or best['step'] <= pre_steps):
+        best = {'score': -np.inf, 'step': None}
+      if scores[key] > best['score']:
+        best = {'score': float(scores[key]), 'step': step, 'metric': key}
+        ckpt.save(step, state, None, config, {'best': best, 'val': scores}, best=True)
+    if step % config.train.checkpoint_every_steps == 0 or stage_end:
+      _check_finite(*pending, ckpt)
+      ckpt.save(step, state, train_iter, config, {'best': best})
+  bar.close()
+  ckpt.wait()
+  writer.close()
+  logging.info('training done; best validation %s', best)
+  results = final_evaluation(config, workdir, models, mesh, ckpt, state)
+  ckpt.close()
+  return results
+
+
+def final_evaluation(config, workdir, models, mesh, ckpt, state=None) -> dict:
+  """Evaluates the validation-chosen checkpoint on config.eval.splits and writes reports."""
+  best_step = ckpt.latest_step(best=True)
+  if best_step is not None:
+    state, meta = ckpt.restore(best_step, checkpoint.abstract_like(state), config, best=True)
+    chosen = f"checkpoint of step {best_step}, best {meta['best']['metric']} on '{config.data.val_split}'"
+  else:
+    chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
+  return evaluate_splits(config, workdir, models, mesh, state, chosen)
+
+
+def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
+  e = config.eval
+  spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
+  predict = evaluate.make_predict_fn(models, spec)
+  use_ema = config.train.eval_with_ema and config.train.ema_decay > 0
+  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
+  out = {}
+  for split in e.splits:
+    batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
+                                      global_batch_size=e.batch_size,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+    n = data.num_examples(config.data, split)
+    with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
+      pred = evaluate.predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
+                                    _keys(config.seed)['eval'], progress=bar)
+    protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
+                f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
+    res = evaluate.split_results(pred, config.num_classes, split, protocol)
+    if jax.process_index() == 0:
+      paths = report.write_report(res, os.path.join(workdir, 'reports'), split)
+      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
+    out[split] = res
+  return out
