@@ -1,0 +1,276 @@
+"""What a user reads after an evaluation: a JSON file, a table, plots and per-image predictions.
+
+Every table puts the DCG alone beside the diffusion (mean probability and majority vote) with the
+difference, so each report shows what the diffusion adds, and carries its protocol line (split,
+checkpoint rule, sampler) so a number is never read without how it was made. matplotlib runs on
+the Agg backend: files only, no display on servers and CI.
+"""
+
+import csv
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# (key, label, higher is better); AUC, ECE and NLL come from mean_prob, so the vote repeats them.
+_ROWS = (('accuracy', 'accuracy', True), ('macro_f1', 'macro F1', True),
+         ('balanced_accuracy', 'balanced accuracy', True),
+         ('kappa_quadratic', 'quadratic kappa', True), ('auc_ovr_macro', 'AUC (OvR macro)', True),
+         ('ece', 'ECE (15 bins)', False), ('nll', 'NLL', False))
+_COLS = ('DCG alone', 'diffusion (mean)', 'diffusion (vote)', 'diffusion - DCG', 'better')
+
+
+def _num(v, fmt: str = '.4f') -> str:
+  return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _metric_rows(dcg: dict, diff: dict, vote: dict | None) -> list:
+  rows = []
+  for key, label, higher in _ROWS:
+    a, b = dcg.get(key), diff.get(key)
+    delta = None if a is None or b is None else b - a
+    if delta is None:
+      better = ''
+    elif abs(delta) < 5e-5:
+      better = 'tie'
+    else:
+      better = 'diffusion' if (delta > 0) == higher else 'DCG'
+    rows.append([label, _num(a), _num(b), _num(None if vote is None else vote.get(key)),
+                 _num(delta, '+.4f'), better])
+  return rows
+
+
+def _per_class_rows(dcg: dict, diff: dict, class_names) -> list:
+  pd, pc = dcg['per_class'], diff['per_class']
+  rows = []
+  for c, s in enumerate(pc['support']):
+    name = str(class_names[c]) if class_names else str(c)
+    rows.append([name, str(s)] + [_num(pd[k][c]) for k in ('precision', 'recall', 'f1')]
+                + [_num(pc[k][c]) for k in ('precision', 'recall', 'f1')]
+                + [_num(pc['f1'][c] - pd['f1'][c], '+.4f')])
+  return rows
+
+
+def _grid(header, rows) -> list:
+  """Left-aligned first column, right-aligned others, widths fitted to the content."""
+  widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+  def fmt(row):
+    return '  '.join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                     for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+
+  return [fmt(header), '-' * len(fmt(header))] + [fmt(r) for r in rows]
+
+
+def format_table(results: dict) -> str:
+  """The report as text: protocol, metric rows x (DCG | diffusion mean | vote | delta), per class.
+
+  Args:
+    results: {'split', 'protocol', 'dcg', 'diffusion', optional 'vote', optional 'class_names',
+      optional 'mean_uncertainty'}; the metric dicts come from metrics.classification_metrics.
+
+  Returns:
+    A multi-line string, for the .txt report and for logging.
+  """
+  dcg, diff, vote = results['dcg'], results['diffusion'], results.get('vote')
+  lines = [f"split: {results.get('split', '?')} (n = {diff['n']})",
+           f"protocol: {results.get('protocol', '?')}"]
+  if results.get('mean_uncertainty') is not None:
+    lines.append(f"mean uncertainty (normalised entropy): {results['mean_uncertainty']:.4f}")
+  lines += [''] + _grid(('metric',) + _COLS, _metric_rows(dcg, diff, vote))
+  lines += ['', 'per class: precision / recall / F1 of the DCG alone and of the diffusion (mean)']
+  header = ('class', 'support', 'DCG P', 'DCG R', 'DCG F1', 'diffusion P', 'diffusion R',
+            'diffusion F1', 'F1 delta')
+  lines += _grid(header, _per_class_rows(dcg, diff, results.get('class_names')))
+  notes = [f'{who}: {n}' for who in ('dcg', 'diffusion') for n in results[who].get('notes', [])]
+  if notes:
+    lines += ['', 'notes:'] + [f'  {n}' for n in notes]
+  return '\n'.join(lines)
+
+
+def _jsonable(x):
+  """numpy values to Python, non-finite floats to None, so the file is strict JSON."""
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def _ticks(ax, k: int, class_names) -> None:
+  names = [str(c) for c in (class_names or range(k))]
+  ax.set_xticks(range(k), names, rotation=45 if k > 5 else 0, fontsize=8)
+  ax.set_yticks(range(k), names, fontsize=8)
+
+
+def _plot_confusion(cm, path: str, title: str, class_names=None) -> None:
+  cm = np.asarray(cm)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  k = len(cm)
+  fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * k, 2.5 + 0.6 * k))
+  for ax, data, name in ((axes[0], cm, 'counts'), (axes[1], norm, 'row-normalised')):
+    ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(data):
+      ax.text(j, i, f'{v:d}' if name == 'counts' else f'{v:.2f}', ha='center', va='center',
+              color='white' if norm[i, j] > 0.5 else 'black', fontsize=8)
+    ax.set(xlabel='predicted', ylabel='true', title=f'{title}\n({name})')
+    _ticks(ax, k, class_names)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_reliability(results: dict, path: str) -> None:
+  fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6.5), height_ratios=(3, 1), sharex=True)
+  ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfect calibration')
+  for who, style, label in (('dcg', 's-', 'DCG alone'), ('diffusion', 'o-', 'diffusion (mean)')):
+    rel = results[who]['reliability']
+    pts = [(c, a) for c, a in zip(rel['confidence'], rel['accuracy']) if c is not None]
+    if pts:
+      ax.plot(*zip(*pts), style, ms=4, label=f"{label}, ECE {results[who]['ece']:.3f}")
+    edges = np.asarray(rel['edges'])
+    hist.stairs(rel['count'], edges, label=label)
+  ax.set(ylabel='accuracy', xlim=(0, 1), ylim=(0, 1),
+         title=f"reliability, {results.get('split', '')} (n = {results['diffusion']['n']})")
+  ax.legend(loc='upper left', fontsize=8)
+  hist.set(xlabel='confidence (max probability)', ylabel='images')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_report(results: dict, out_dir: str, name: str) -> dict:
+  """Writes the whole report for one split.
+
+  Args:
+    results: as for format_table.
+    out_dir: folder, created if absent.
+    name: file stem, usually the split.
+
+  Returns:
+    {'json', 'txt', 'confusion', 'reliability'}: the paths of <name>.json, <name>.txt,
+    <name>_confusion.png (diffusion prediction) and <name>_reliability.png (diffusion and DCG).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {k: os.path.join(out_dir, f'{name}{suffix}') for k, suffix in
+           (('json', '.json'), ('txt', '.txt'), ('confusion', '_confusion.png'),
+            ('reliability', '_reliability.png'))}
+  with open(paths['json'], 'w') as f:
+    json.dump(_jsonable(results), f, indent=2, allow_nan=False)
+  with open(paths['txt'], 'w') as f:
+    f.write(format_table(results) + '\n')
+  _plot_confusion(results['diffusion']['confusion_matrix'], paths['confusion'],
+                  f"diffusion (mean prob), {results.get('split', '')}", results.get('class_names'))
+  _plot_reliability(results, paths['reliability'])
+  return paths
+
+
+def write_predictions_csv(path: str, ids, labels, mean_prob, vote, uncertainty, dcg_prob,
+                          class_names=None, vote_agreement=None) -> str:
+  """One row per image: id, label, pred, p_0..p_{K-1}, uncertainty, [vote_agreement], DCG's view.
+
+  Args:
+    path: the CSV file; its folder must exist.
+    ids: (N,) image ids or dataset indices.
+    labels: (N,) true classes, or None (written as empty cells).
+    mean_prob, dcg_prob: (N, K) probabilities of the diffusion (mean of samples) and the DCG.
+    vote: (N,) the diffusion's prediction (majority vote).
+    uncertainty: (N,) normalised entropy of mean_prob.
+    class_names: K names; adds label_name and pred_name columns.
+    vote_agreement: (N,) fraction of samples agreeing with the vote; a column when given.
+
+  Returns:
+    path.
+  """
+  mean_prob, dcg_prob = np.asarray(mean_prob), np.asarray(dcg_prob)
+  n, k = mean_prob.shape
+  for what, v in (('ids', ids), ('labels', labels), ('vote', vote), ('uncertainty', uncertainty),
+                  ('dcg_prob', dcg_prob), ('vote_agreement', vote_agreement)):
+    if v is not None and len(v) != n:
+      raise ValueError(f'{what} has {len(v)} rows, mean_prob has {n}')
+  names = ['label_name', 'pred_name'] if class_names is not None else []
+  header = (['id', 'label', 'pred'] + names + [f'p_{c}' for c in range(k)] + ['uncertainty']
+            + (['vote_agreement'] if vote_agreement is not None else [])
+            + ['dcg_pred'] + [f'dcg_p_{c}' for c in range(k)])
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    for i in range(n):
+      label = '' if labels is None else int(labels[i])
+      row = [_jsonable(ids[i]), label, int(vote[i])]
+      if class_names is not None:
+        row += ['' if labels is None else class_names[label], class_names[int(vote[i])]]
+      row += [f'{p:.6f}' for p in mean_prob[i]] + [f'{float(uncertainty[i]):.6f}']
+      if vote_agreement is not None:
+        row.append(f'{float(vote_agreement[i]):.6f}')
+      row += [int(np.argmax(dcg_prob[i]))] + [f'{p:.6f}' for p in dcg_prob[i]]
+      w.writerow(row)
+  return path
+
+
+def _as_display_image(image) -> np.ndarray:
+  """uint8 as is; a float image (e.g. normalised) min-max scaled to [0, 1]."""
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image
+  image = image.astype(np.float32)
+  lo, hi = float(image.min()), float(image.max())
+  return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def save_saliency_overlay(path: str, image, saliency, boxes, attention=None, title: str = '',
+                          cls: int | None = None) -> str:
+  """Two panels: the image with the ROI boxes and their attention weights; the saliency over it.
+
+  Args:
+    path: the PNG file.
+    image: (H, W, 3) uint8 (or float, min-max scaled for display).
+    saliency: (h, w) map or (h, w, K) maps; of (h, w, K), class `cls` if given, else the sum.
+      Upsampled bilinearly to the image and min-max scaled.
+    boxes: (k, 4) ROI boxes in image pixels, (top, left, bottom, right).
+    attention: (k,) attention weight of each box, or None; the largest box is drawn thicker.
+    title: figure title, e.g. label and prediction.
+    cls: which class's map to show when saliency has K channels.
+
+  Returns:
+    path.
+  """
+  image = _as_display_image(image)
+  sal = np.asarray(saliency, np.float32)
+  if sal.ndim == 3:
+    sal = sal[..., cls] if cls is not None else sal.sum(-1)
+  sal = np.nan_to_num(sal)
+  sal = (sal - sal.min()) / max(float(np.ptp(sal)), 1e-12)
+  h, w = image.shape[:2]
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  top_box = None if attention is None or not len(boxes) else int(np.argmax(attention))
+  fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+  for ax in axes:
+    ax.imshow(image, extent=(0, w, h, 0))
+    ax.axis('off')
+  axes[0].set_title('ROI boxes (attention)', fontsize=9)
+  for i, (t, l, b, r) in enumerate(boxes):
+    axes[0].add_patch(plt.Rectangle((l, t), r - l, b - t, fill=False, color='yellow',
+                                    lw=2.5 if i == top_box else 1.2))
+    if attention is not None:
+      axes[0].text(l + 2, t + 2, f'{float(attention[i]):.2f}', color='black', fontsize=7,
+                   va='top', bbox={'facecolor': 'yellow', 'alpha': 0.7, 'pad': 1, 'lw': 0})
+  overlay = axes[1].imshow(sal, cmap='jet', alpha=0.45, extent=(0, w, h, 0),
+                           interpolation='bilinear', vmin=0, vmax=1)
+  axes[1].set(xlim=(0, w), ylim=(h, 0))
+  axes[1].set_title('saliency' + (f' (class {cls})' if cls is not None else ''), fontsize=9)
+  fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.02)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
