@@ -11,8 +11,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ('data',))
+def make_mesh(devices=None) -> Mesh:
+  """A one-axis ('data',) mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
