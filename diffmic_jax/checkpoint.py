@@ -77,7 +77,10 @@ class Checkpointer:
     args = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointSave(data_iter)
-    self._manager(best).save(step, args=ocp.args.Composite(**args), force=True)
+    manager = self._manager(best)
+    if step in manager.all_steps():  # A resumed run re-reaches a step a killed run had saved.
+      manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(**args), force=True)
     return self.path(step, best)
 
   def read_meta(self, step: int, best: bool = False) -> dict:

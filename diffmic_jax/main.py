@@ -13,6 +13,7 @@ Modes:
 """
 
 import json
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -32,9 +33,19 @@ flags.DEFINE_integer('process_id', -1, 'This process (-1: from the environment).
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Orbax and TFDS log every save and read at INFO; keep their warnings, drop the chatter."""
+
+  def filter(self, record):
+    noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/grain/')
+    return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   from diffmic_jax import distributed  # Imports JAX: after flags, before any device use.
   distributed.initialize(flags.FLAGS.distributed, flags.FLAGS.coordinator_address,
                          flags.FLAGS.num_processes, flags.FLAGS.process_id)

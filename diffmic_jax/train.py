@@ -11,6 +11,7 @@ the best checkpoint; the test split is evaluated once, at the end, from that che
 
 import functools
 import os
+import signal
 
 import jax
 import numpy as np
@@ -20,6 +21,10 @@ from tqdm import tqdm
 from diffmic_jax import checkpoint, data, evaluate, parallel, pretrained, report, train_state
 from diffmic_jax.metric_writer import MetricWriter
 from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
+
+
+# Fault injection for the resume test: the process SIGKILLs itself after this many steps.
+FAULT_ENV = 'DIFFMIC_FAULT_KILL_AT_STEP'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -167,6 +172,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step % config.train.checkpoint_every_steps == 0 or stage_end:
       _check_finite(*pending, ckpt)
       ckpt.save(step, state, train_iter, config, {'best': best})
+    if os.environ.get(FAULT_ENV) == str(step):
+      os.kill(os.getpid(), signal.SIGKILL)
   bar.close()
   ckpt.wait()
   writer.close()

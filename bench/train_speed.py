@@ -1,0 +1,139 @@
+"""Training speed: images/s of the DCG pre-training step and the joint step, after compilation.
+
+Official model sizes at 224 px on real APTOS images (random weights): DCG backbones ResNet50 (as
+the official code) or ResNet18, epsilon network ResNet18 + 6144-wide head. Reports compile time,
+steady-state seconds per step (median of --steps), images/s, peak resident memory of the process
+(CPU; device peak on GPU/TPU), and a profile of the joint step by part (DCG eval forward, epsilon
+network forward+backward with its three head passes, DCG update).
+
+    python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
+
+Each configuration runs in its own process so peak memory is its own. Prints a table and writes
+bench/results/train_speed_<backbone>.json.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# The official PyTorch code on a 2-core machine like this one (issue 7): batch 32, 224 px,
+# ResNet50 DCG, real APTOS images.
+OFFICIAL = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'joint_img_s': 1.42, 'joint_peak_gb': 10.1}
+
+
+def real_batch(data_root: pathlib.Path, batch: int):
+  import numpy as np
+  from PIL import Image
+  files = sorted((data_root / 'aptos2019_224' / 'images').glob('*.jpg'))[:batch]
+  if len(files) < batch:
+    raise SystemExit(f'need {batch} APTOS images under {data_root}/aptos2019_224/images')
+  images = np.stack([np.asarray(Image.open(f).convert('RGB').resize((224, 224))) for f in files])
+  return {'image': images, 'label': np.arange(batch, dtype=np.int32) % 5}
+
+
+def timed(fn, *args, steps: int):
+  """(compile seconds, list of per-step seconds) for a jitted fn whose first output is the state."""
+  import jax
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  out = compiled(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+  return compile_s, times
+
+
+def run(args) -> dict:
+  import jax
+  from configs import aptos
+  from diffmic_jax import train_state, train_steps
+  from diffmic_jax.data.normalize import normalize
+  from diffmic_jax.models import priors as dcg_priors
+
+  config = aptos.get_config()
+  config.model.dcg_backbone = args.dcg_backbone
+  models = train_state.build_models(config, steps_per_epoch=100)
+  state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
+  batch = jax.device_put(real_batch(pathlib.Path(args.data_root), args.batch))
+  key = jax.random.key(1)
+  res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
+         'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
+         'machine': platform.processor() or platform.machine()}
+
+  pre = jax.jit(functools.partial(train_steps.dcg_pretrain_step, models))
+  c, t = timed(pre, state, batch, steps=args.steps)
+  res['dcg_pretrain'] = {'compile_s': c, 'step_s': statistics.median(t), 'all_s': t}
+  joint = jax.jit(functools.partial(train_steps.joint_step, models))
+  c, t = timed(joint, state, batch, key, steps=args.steps)
+  res['joint'] = {'compile_s': c, 'step_s': statistics.median(t), 'all_s': t}
+  for k in ('dcg_pretrain', 'joint'):
+    res[k]['img_s'] = args.batch / res[k]['step_s']
+
+  # Where the joint step's time goes: each part jitted alone.
+  images = normalize(batch['image'])
+  dcg_fwd = jax.jit(lambda s, x: dcg_priors(models.dcg.apply(s.dcg.variables(), x)))
+  pri = dcg_fwd(state, images)
+  eps_grad = jax.jit(jax.grad(lambda p, s, x, y, pr, k: train_steps.diffusion_loss(
+      models, p, s.eps.batch_stats, x, y, pr, k)[0]))
+  dcg_upd = jax.jit(lambda s, x, y: train_steps._dcg_update(models, s.dcg, x, y))
+  parts = {}
+  for name, fn, fargs in [('dcg_eval_forward', dcg_fwd, (state, images)),
+                          ('eps_forward_backward', eps_grad,
+                           (state.eps.params, state, images, batch['label'], pri, key)),
+                          ('dcg_update', dcg_upd, (state, images, batch['label']))]:
+    _, t = timed(fn, *fargs, steps=max(2, args.steps // 2))
+    parts[name] = statistics.median(t)
+  res['joint_parts_s'] = parts
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+  stats = jax.devices()[0].memory_stats() or {}
+  res['peak_memory_gb'] = stats.get('peak_bytes_in_use', rss * 2**30) / 2**30
+  res['peak_memory_kind'] = 'device' if 'peak_bytes_in_use' in stats else 'process RSS (CPU)'
+  return res
+
+
+def table(r: dict) -> str:
+  rows = [('DCG pre-training step', r['dcg_pretrain'], OFFICIAL['dcg_pretrain_s']),
+          ('joint step', r['joint'], OFFICIAL['joint_s'])]
+  lines = [f"{'step':24s} {'compile s':>9s} {'s/step':>8s} {'img/s':>7s} {'official s':>10s} {'speed-up':>8s}"]
+  for name, m, off in rows:
+    lines.append(f"{name:24s} {m['compile_s']:9.1f} {m['step_s']:8.2f} {m['img_s']:7.2f} "
+                 f"{off:10.1f} {off / m['step_s']:7.2f}x")
+  lines.append(f"peak memory: {r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}); official "
+               f"{OFFICIAL['joint_peak_gb']} GB")
+  lines.append('joint step parts (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in r['joint_parts_s'].items()))
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--dcg_backbone', default='resnet50', choices=['resnet50', 'resnet18'])
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
+  p.add_argument('--out', default=None)
+  args = p.parse_args()
+  res = run(args)
+  print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
+  print(table(res))
+  out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'train_speed_{args.dcg_backbone}.json')
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(res, indent=2))
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
