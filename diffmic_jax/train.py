@@ -75,12 +75,23 @@ def compiled_steps(models, mesh):
 
 
 def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> None:
+  """Stops the run on a non-finite loss, naming the step and the last good checkpoint.
+
+  Checkpoint k holds the parameters that produced loss k, so the good ones are those before
+  `step`; any at or after it hold the diverged parameters and are named so nobody resumes them.
+  """
   loss = float(metrics.get('loss', metrics['dcg_ce']))
-  if not np.isfinite(loss):
-    last = ckpt.latest_step()
-    where = ckpt.path(last) if last is not None else 'none (no checkpoint was saved yet)'
-    raise NonFiniteLossError(f'non-finite training loss {loss} at step {step}; '
-                             f'last good checkpoint: {where}')
+  if np.isfinite(loss):
+    return
+  ckpt.wait()
+  steps = ckpt.periodic.all_steps()
+  good = [s for s in steps if s < step]
+  bad = [s for s in steps if s >= step]
+  where = ckpt.path(max(good)) if good else 'none (no checkpoint was saved before it)'
+  msg = f'non-finite training loss {loss} at step {step}; last good checkpoint: {where}'
+  if bad:
+    msg += f'; checkpoints {bad} hold the diverged parameters: delete them before resuming'
+  raise NonFiniteLossError(msg)
 
 
 class Validator:
