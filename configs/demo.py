@@ -34,7 +34,7 @@ def get_config(arg: str = ''):
 
   c.train.batch_size = 64
   c.train.dcg_pretrain_epochs = 2
-  c.train.epochs = 6
+  c.train.epochs = 4
   c.train.warmup_epochs = 1
   c.train.log_every_steps = 10
   c.train.checkpoint_every_steps = 50

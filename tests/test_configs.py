@@ -1,0 +1,32 @@
+"""Every shipped config is a valid override of the base config and names a buildable dataset."""
+
+import pytest
+
+from configs import aptos, default, demo, isic, placenta
+from diffmic_jax.data.dataset import builder_config_of
+
+
+def _keys(cfg, prefix=''):
+  out = set()
+  for k, v in cfg.items():
+    out |= _keys(v, f'{prefix}{k}.') if hasattr(v, 'items') else {prefix + k}
+  return out
+
+
+@pytest.mark.parametrize('module,arg', [(aptos, ''), (isic, ''), (placenta, ''), (demo, ''), (demo, 'smoke')])
+def test_config_overrides_only_base_fields(module, arg):
+  cfg = module.get_config(arg)
+  assert _keys(cfg) == _keys(default.get_config())  # overrides, never new or missing fields
+  assert builder_config_of(cfg.data).num_classes in (cfg.num_classes, -1)
+  assert cfg.train.batch_size % 8 == 0 and cfg.eval.sampler in ('full', 'truncated', 'ddim')
+  assert cfg.data.val_split != cfg.data.test_split
+
+
+def test_official_recipes():
+  a, i, p = aptos.get_config(), isic.get_config(), placenta.get_config()
+  assert (a.num_classes, a.train.batch_size, a.eval.num_steps, a.data.vertical_flip) == (5, 32, 60, True)
+  assert (i.num_classes, i.train.batch_size, i.eval.num_steps, i.data.vertical_flip) == (7, 64, 250, False)
+  assert (p.num_classes, p.train.epochs, p.train.dcg_pretrain_epochs, p.eval.num_steps) == (4, 2000, 10, 100)
+  for c in (a, i, p):
+    assert c.model.dcg_backbone == 'resnet50' and c.model.eps_backbone == 'resnet18'
+    assert c.model.feature_dim == 6144 and c.diffusion.timesteps == 1000 and c.loss.mmd_weight == 0.5
