@@ -48,18 +48,23 @@ def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _manager(directory: str, max_to_keep: int, name: str) -> ocp.CheckpointManager:
+  # Both managers save the same step at a stage end; with several processes their barriers are
+  # keyed by step, so without a prefix the second save meets the first one's barrier and hangs.
+  return ocp.CheckpointManager(
+      directory, item_names=('state', 'data', 'meta'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
+
+
 class Checkpointer:
   """Periodic and best-on-validation checkpoints under one workdir."""
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
     self.workdir = workdir
-    items = ('state', 'data', 'meta')
-    self.periodic = ocp.CheckpointManager(
-        os.path.join(workdir, 'checkpoints'), item_names=items,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
-    self.best = ocp.CheckpointManager(
-        os.path.join(workdir, 'best'), item_names=items,
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), max_to_keep, 'periodic')
+    self.best = _manager(os.path.join(workdir, 'best'), 1, 'best')
 
   def _manager(self, best: bool) -> ocp.CheckpointManager:
     return self.best if best else self.periodic
