@@ -5,6 +5,7 @@ importable, tested modules (train.py, inference.py). The same command runs on ev
 TPU slice or GPU cluster (see launch/).
 
 Modes:
+  prepare   build the dataset into config.data.data_dir and stop (once, before a multi-host job)
   train     train (resuming from DIR if it holds checkpoints), then evaluate the
             validation-chosen checkpoint on config.eval.splits
   evaluate  restore a checkpoint (--checkpoint=best|latest|STEP) and evaluate config.eval.splits
@@ -21,7 +22,7 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here (local or gs://).')
-flags.DEFINE_enum('mode', 'train', ['train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'evaluate', 'predict'], 'What to do.')
 flags.DEFINE_string('checkpoint', 'best', "evaluate/predict: 'best', 'latest' or a step number.")
 flags.DEFINE_string('split', 'test', 'predict: the split to predict.')
 flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
@@ -52,6 +53,8 @@ def main(argv):
   import jax
   from diffmic_jax import data, inference, train
 
+  if jax.process_index() != 0:  # One log per job: the other processes say only what goes wrong.
+    logging.set_verbosity(logging.WARNING)
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -60,6 +63,8 @@ def main(argv):
     data.prepare(config.data)  # Builds the TFDS dataset once; other processes wait below.
   inference.sync('prepared')
   logging.info('config:\n%s', config)
+  if flags.FLAGS.mode == 'prepare':
+    return
   if flags.FLAGS.mode == 'train':
     results = train.train_and_evaluate(config, workdir)
   elif flags.FLAGS.mode == 'evaluate':
