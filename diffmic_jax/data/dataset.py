@@ -19,23 +19,26 @@ from diffmic_jax.data.examples import DataError, check_splits
 
 
 def builder_config_of(data_cfg) -> DiffmicConfig:
-  """The TFDS builder config (scheme, stored size, K, encoding) a `config.data` asks for."""
+  """The TFDS builder config (scheme, stored size, K, encoding) a `config.data` asks for.
+
+  Its `num_classes` is the K this `config.data` trains with (image_folder: `data.num_classes`),
+  which may differ from the listed config's; `builder_of` hands TFDS the listed config.
+  """
   name, scheme = data_cfg.name, data_cfg.builder_config
   if name not in BUILDERS:
     raise DataError(f'data.name {name!r} is not one of {sorted(BUILDERS)}')
-  skip_bad = bool(data_cfg.get('skip_bad_examples', False))
   if name in ('medmnist', 'demo'):
     scheme = 'retinamnist' if name == 'demo' else scheme
     k = medmnist.KNOWN_CLASSES.get(scheme, data_cfg.get('num_classes', -1))
     return DiffmicConfig(name=config_name(scheme, None), scheme=scheme, stored_size=None,
-                         num_classes=k, encoding='png', skip_bad=skip_bad)
+                         num_classes=k, encoding='png')
   module = resolvers.RESOLVERS[name]
   if scheme not in module.SCHEMES:
     raise DataError(f'data.builder_config {scheme!r} is not one of {module.SCHEMES} for {name}')
   size = int(data_cfg.get('stored_size', 224))
   k = module.NUM_CLASSES or int(data_cfg.get('num_classes', -1))
   return DiffmicConfig(name=config_name(scheme, size), scheme=scheme, stored_size=size,
-                       num_classes=k, encoding='jpeg', skip_bad=skip_bad)
+                       num_classes=k, encoding='jpeg')
 
 
 def _data_dir(data_cfg) -> str:
@@ -46,9 +49,10 @@ def _data_dir(data_cfg) -> str:
 def builder_of(data_cfg, **kwargs) -> tfds.core.DatasetBuilder:
   """The TFDS builder for `config.data` (reads `dataset_info.json` when already built)."""
   config = builder_config_of(data_cfg)  # Checks the name first.
-  return BUILDERS[data_cfg.name](config=config, data_dir=_data_dir(data_cfg),
-                                 file_format='array_record',
-                                 **kwargs)
+  return BUILDERS[data_cfg.name](
+      config=config, data_dir=_data_dir(data_cfg), file_format='array_record',
+      num_classes=config.num_classes, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
+      **kwargs)
 
 
 def manual_dir_of(data_cfg) -> str:
@@ -75,7 +79,8 @@ def resolve_splits(data_cfg, skipped: list[str] | None = None):
   splits = resolvers.RESOLVERS[name].resolve(manual_dir_of(data_cfg), cfg.scheme, cfg.num_classes)
   k = cfg.num_classes if cfg.num_classes > 0 else 1 + max(
       ex.label for part in splits.values() for ex in part)
-  return check_splits(splits, k, skip_bad=cfg.skip_bad, skipped=skipped)
+  return check_splits(splits, k, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
+                      skipped=skipped)
 
 
 def prepare(data_cfg) -> None:

@@ -3,10 +3,17 @@
 One builder per dataset name (`aptos2019`, `isic2018`, `image_folder`, `medmnist`, `demo`), all
 sharing `_DiffmicBuilder`: the split resolution of `builders/<name>.py`, then DiffMIC's crop and
 resize, stored as encoded bytes. The config name carries the split scheme and the stored size
-(`diffmic_224`), so builds with different sizes live side by side. The configs are made from
-`config.data` by `dataset.builder_config_of`; build with `diffmic_jax.data.prepare(config.data)`. TFDS writes into an `incomplete.*`
-folder and renames it only when every split is written, so a failed build leaves nothing a later
-read would pick up.
+(`diffmic_224`), so builds with different sizes live side by side.
+
+Each builder lists its configs in `BUILDER_CONFIGS` (every scheme at the stored sizes in
+`STORED_SIZES`), so `tfds build` and `diffmic_jax.data.prepare(config.data)` name the same config
+object and write the same folder, `<data_dir>/<name>/<scheme>_<size>/1.0.0`; a size not listed is
+a custom config of the same shape (TFDS refuses a custom config named like a listed one, so
+`dataset.builder_of` always hands the listed object over when there is one). What does not change
+the dataset's identity (skipping bad examples, image_folder's K) is a builder argument, not a
+config field. The default file format is array_record, the only one written without TensorFlow
+and the one grain reads. TFDS writes into an `incomplete.*` folder and renames it only when every
+split is written, so a failed build leaves nothing a later read would pick up.
 """
 
 import dataclasses
@@ -21,28 +28,44 @@ from diffmic_jax.data.examples import DataError, Splits, check_splits, package_f
 from diffmic_jax.data.preprocess import encode_example
 
 VERSION = '1.0.0'
+STORED_SIZES = (224, 256)  # Listed configs; any other size is a custom config of the same shape.
 
 
 @dataclasses.dataclass(eq=False)
 class DiffmicConfig(tfds.core.BuilderConfig):
   """How a build is done.
 
+  The name is always `config_name(scheme, stored_size)`, so that a config given as JSON on the
+  `tfds build` command line lands where `prepare` looks.
+
   Attributes:
-    scheme: Split scheme ('diffmic', 'grouped', 'default', or the MedMNIST file name).
+    scheme: Split scheme ('diffmic', 'grouped', 'official', 'default', or the MedMNIST file name).
     stored_size: Side of the stored images; None keeps the source size (MedMNIST).
-    num_classes: K (-1: the largest label + 1, image_folder only).
+    num_classes: K, or -1: the dataset's fixed K, else (image_folder) the largest label + 1.
     encoding: 'jpeg' or 'png'.
-    skip_bad: Skip undecodable images (listed in `skipped.txt`) instead of failing.
   """
   scheme: str = 'diffmic'
   stored_size: int | None = 224
   num_classes: int = -1
   encoding: str = 'jpeg'
-  skip_bad: bool = False
 
 
 def config_name(scheme: str, stored_size: int | None) -> str:
   return scheme if stored_size is None else f'{scheme}_{stored_size}'
+
+
+def _image_configs(module) -> list[DiffmicConfig]:
+  return [DiffmicConfig(name=config_name(scheme, size), scheme=scheme, stored_size=size,
+                        num_classes=module.NUM_CLASSES or -1, encoding='jpeg',
+                        description=f'{scheme} split, images stored at {size} px (JPEG)')
+          for scheme in module.SCHEMES for size in STORED_SIZES]
+
+
+def _medmnist_configs(schemes) -> list[DiffmicConfig]:
+  return [DiffmicConfig(name=scheme, scheme=scheme, stored_size=None,
+                        num_classes=resolvers.medmnist.KNOWN_CLASSES[scheme], encoding='png',
+                        description=f'{scheme}.npz, official splits, source size (PNG)')
+          for scheme in schemes]
 
 
 class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -55,10 +78,36 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # (and there is no checksums file to find): name it directly.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *args, resolved: Splits | None = None, **kwargs):
-    self.resolved = resolved  # Splits already resolved and checked by `prepare`.
+  def __init__(self, *, resolved: Splits | None = None, num_classes: int = -1,
+               skip_bad: bool = False, **kwargs):
+    """Takes TFDS's arguments plus build options that leave the dataset's identity alone.
+
+    Args:
+      resolved: Splits already resolved and checked by `prepare` (None: resolve here).
+      num_classes: K for the label check when > 0 (image_folder's `data.num_classes`); else the
+        config's K, else the largest label + 1.
+      skip_bad: Skip bad examples (listed in `skipped`) instead of failing.
+      **kwargs: `tfds.core.DatasetBuilder` arguments; `file_format` defaults to array_record.
+    """
+    self.resolved = resolved
+    self.num_classes = num_classes
+    self.skip_bad = skip_bad
     self.skipped: list[str] = []
-    super().__init__(*args, **kwargs)
+    config = kwargs.get('config')
+    if isinstance(config, tfds.core.BuilderConfig):
+      # TFDS refuses a copy of a listed config (a `config.data`'s, or one unpickled in a grain
+      # worker); the name fixes scheme and size, so the listed object is the same config.
+      kwargs['config'] = self.get_builder_config(config.name, VERSION) or config
+    file_format = tfds.core.file_adapters.FileFormat.from_value(
+        kwargs.setdefault('file_format', 'array_record'))
+    if file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+      raise DataError(f'{self.name}: file_format {kwargs["file_format"]!r}; only array_record '
+                      'is written without TensorFlow and read by the grain pipeline')
+    super().__init__(**kwargs)
+    cfg = self.builder_config
+    if cfg.name != config_name(cfg.scheme, cfg.stored_size):
+      raise DataError(f'{self.name}: config name {cfg.name!r} must be '
+                      f'{config_name(cfg.scheme, cfg.stored_size)!r} (scheme, stored_size)')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -74,15 +123,18 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   def _resolve(self, manual_dir: str) -> Splits:
-    cfg = self.builder_config
-    splits = resolvers.RESOLVERS[self.RESOLVER_NAME].resolve(manual_dir, cfg.scheme,
-                                                             cfg.num_classes)
-    k = cfg.num_classes if cfg.num_classes > 0 else 1 + max(
-        ex.label for part in splits.values() for ex in part)
-    return check_splits(splits, k, skip_bad=cfg.skip_bad, skipped=self.skipped)
+    cfg, module = self.builder_config, resolvers.RESOLVERS[self.RESOLVER_NAME]
+    k = next((k for k in (self.num_classes, cfg.num_classes, module.NUM_CLASSES or -1) if k > 0),
+             -1)
+    splits = module.resolve(manual_dir, cfg.scheme, k)
+    k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
+    return check_splits(splits, k, skip_bad=self.skip_bad, skipped=self.skipped)
+
+  def _manual_dir(self, dl_manager) -> str:
+    return str(dl_manager.manual_dir)
 
   def _split_generators(self, dl_manager):
-    splits = self.resolved or self._resolve(str(dl_manager.manual_dir))
+    splits = self.resolved or self._resolve(self._manual_dir(dl_manager))
     return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
   def _generate_examples(self, examples):
@@ -91,7 +143,7 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       try:
         data = encode_example(ex, cfg.stored_size, cfg.encoding)
       except DataError as e:
-        if not cfg.skip_bad:
+        if not self.skip_bad:
           raise
         logging.warning('Skipping: %s', e)
         self.skipped.append(str(e))
@@ -102,26 +154,35 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Aptos2019(_DiffmicBuilder):
   """APTOS 2019 Blindness Detection (diabetic-retinopathy grade 0-4)."""
   RESOLVER_NAME = 'aptos2019'
+  BUILDER_CONFIGS = _image_configs(resolvers.aptos2019)
 
 
 class Isic2018(_DiffmicBuilder):
   """ISIC 2018 Task 3 / HAM10000 (7 classes, DiffMIC order)."""
   RESOLVER_NAME = 'isic2018'
+  BUILDER_CONFIGS = _image_configs(resolvers.isic2018)
 
 
 class ImageFolder(_DiffmicBuilder):
   """Any folder of images with `labels.csv` (file,label[,split][,group])."""
   RESOLVER_NAME = 'image_folder'
+  BUILDER_CONFIGS = _image_configs(resolvers.image_folder)
 
 
 class Medmnist(_DiffmicBuilder):
   """A MedMNIST `.npz` file, official splits, stored at its own size as PNG."""
   RESOLVER_NAME = 'medmnist'
+  BUILDER_CONFIGS = _medmnist_configs(resolvers.medmnist.SCHEMES)
 
 
 class Demo(Medmnist):
   """The embedded demo set: RetinaMNIST (CC BY 4.0), shipped in diffmic_jax/data/demo/."""
   DEMO_DIR = package_file('demo')
+  BUILDER_CONFIGS = _medmnist_configs(['retinamnist'])
+
+  def _manual_dir(self, dl_manager) -> str:
+    del dl_manager  # The set ships with the package; no --manual_dir needed.
+    return self.DEMO_DIR
 
 
 BUILDERS = {'aptos2019': Aptos2019, 'isic2018': Isic2018, 'image_folder': ImageFolder,
