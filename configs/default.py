@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- data (owned by diffmic_jax/data) ----
   c.data = ml_collections.ConfigDict()
   c.data.name = 'aptos2019'  # aptos2019 | isic2018 | image_folder | medmnist | demo.
-  c.data.builder_config = 'diffmic'  # Split scheme: diffmic | grouped; medmnist: file name.
+  c.data.builder_config = 'diffmic'  # diffmic | grouped | official (isic2018); medmnist: file name.
   c.data.data_dir = '~/tensorflow_datasets'  # Where built array_record files live (gs:// ok).
   c.data.manual_dir = ''  # Source images + CSV for building; '' means the builder default.
   c.data.train_split = 'train'

@@ -1,4 +1,4 @@
-"""ISIC 2018 Task 3 / HAM10000: resolve DiffMIC's split and a lesion-grouped split.
+"""ISIC 2018 Task 3 / HAM10000: resolve DiffMIC's split, a lesion-grouped one, and the official test.
 
 The manual directory is either our 224 px copy (`labels.csv` with `image_id,file,label,lesion_id`
 and optionally `diffmic_split`) or the original HAM10000 download (`HAM10000_metadata.csv` with
@@ -11,6 +11,13 @@ Schemes:
     `validation` is carved from train by lesion (15% of train, no lesion on both sides).
   grouped: lesion-grouped 70/15/15 train/validation/test over every image in the folder; the
     honest split for reporting, since DiffMIC's split puts one lesion on both sides.
+  official: every image in the folder (all of HAM10000 = the ISIC 2018 Task 3 training set) split
+    by lesion into train/validation (85/15), and the official ISIC 2018 Task 3 test set (1,512
+    images) as `test`. That needs, inside the manual directory, the images of
+    `ISIC2018_Task3_Test_Input.zip` (folder `ISIC2018_Task3_Test_Input/` or
+    `ISIC2018_Task3_Test_Images/`) and `ISIC2018_Task3_Test_GroundTruth.csv` (at the top or in
+    `ISIC2018_Task3_Test_GroundTruth/`, as its zip unpacks): columns `image` and one-hot
+    MEL,NV,BCC,AKIEC,BKL,DF,VASC. The test images are stored with the same crop and resize.
 """
 
 import os
@@ -20,8 +27,10 @@ from diffmic_jax.data.examples import parse_label, read_csv, split_list
 
 NUM_CLASSES = 7
 CLASS_NAMES = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL', 'DF', 'VASC')
-SCHEMES = ('diffmic', 'grouped')
-VALIDATION_FRACTION = 0.15  # Of DiffMIC's train split, carved by lesion.
+SCHEMES = ('diffmic', 'grouped', 'official')
+VALIDATION_FRACTION = 0.15  # Of the training images, carved by lesion (diffmic, official).
+TEST_IMAGE_DIRS = ('ISIC2018_Task3_Test_Input', 'ISIC2018_Task3_Test_Images')
+TEST_LABELS = 'ISIC2018_Task3_Test_GroundTruth.csv'
 _DX = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
 
 
@@ -76,12 +85,47 @@ def _diffmic_lists(examples: list[Example]) -> tuple[list[Example], list[Example
   return parts[0], parts[1]
 
 
+def _one_hot_label(row: dict[str, str], where: str) -> int:
+  try:
+    values = [float(row[name]) for name in CLASS_NAMES]
+  except ValueError:
+    values = None
+  if values is None or sorted(values) != [0.0] * (NUM_CLASSES - 1) + [1.0]:
+    raise DataError(f'{where}: expected one-hot {",".join(CLASS_NAMES)} (one 1, six 0), got '
+                    f'{[row[name] for name in CLASS_NAMES]}')
+  return values.index(1.0)
+
+
+def _official_test(manual_dir: str) -> list[Example]:
+  """The ISIC 2018 Task 3 test set, or a DataError naming what is missing."""
+  labels = next((p for p in (os.path.join(manual_dir, TEST_LABELS),
+                             os.path.join(manual_dir, TEST_LABELS[:-4], TEST_LABELS))
+                 if os.path.isfile(p)), None)
+  image_dir = next((os.path.join(manual_dir, d) for d in TEST_IMAGE_DIRS
+                    if os.path.isdir(os.path.join(manual_dir, d))), None)
+  missing = ([] if labels else [f'{TEST_LABELS} (or {TEST_LABELS[:-4]}/{TEST_LABELS})']) + (
+      [] if image_dir else [f'{TEST_IMAGE_DIRS[0]}/ (or {TEST_IMAGE_DIRS[1]}/)'])
+  if missing:
+    raise DataError(
+        f'{manual_dir}: builder_config official needs the ISIC 2018 Task 3 test set; missing '
+        f'{" and ".join(missing)}. Unpack ISIC2018_Task3_Test_Input.zip and '
+        'ISIC2018_Task3_Test_GroundTruth.zip there, or use builder_config diffmic | grouped')
+  images = _find_images(image_dir)
+  test = []
+  for line, row in read_csv(labels, ['image', *CLASS_NAMES]):
+    where = f'{labels}:{line}'
+    test.append(Example(key=row['image'], label=_one_hot_label(row, where), where=where,
+                        path=images.get(row['image'],
+                                        os.path.join(image_dir, row['image'] + '.jpg'))))
+  return test
+
+
 def resolve(manual_dir: str, scheme: str, num_classes: int = NUM_CLASSES) -> Splits:
   """Resolves the ISIC 2018 splits.
 
   Args:
     manual_dir: Folder with the images and labels (see the module docstring).
-    scheme: 'diffmic' or 'grouped'.
+    scheme: 'diffmic', 'grouped' or 'official'.
     num_classes: Unused (always 7); kept for a common signature.
 
   Returns:
@@ -100,4 +144,9 @@ def resolve(manual_dir: str, scheme: str, num_classes: int = NUM_CLASSES) -> Spl
     return {**carved, 'test': test}
   if scheme == 'grouped':
     return group_split(examples, [0.7, 0.15, 0.15], ['train', 'validation', 'test'])
+  if scheme == 'official':
+    test = _official_test(manual_dir)
+    carved = group_split(examples, [1 - VALIDATION_FRACTION, VALIDATION_FRACTION],
+                         ['train', 'validation'])
+    return {**carved, 'test': test}
   raise DataError(f'isic2018: unknown builder_config {scheme!r}; expected one of {SCHEMES}')
