@@ -1,4 +1,4 @@
-"""ISIC 2018 Task 3 / HAM10000: resolve DiffMIC's split, a lesion-grouped one, and the official test.
+"""ISIC 2018 Task 3 / HAM10000: DiffMIC's split, a lesion-grouped split, the official test set.
 
 The manual directory is either our 224 px copy (`labels.csv` with `image_id,file,label,lesion_id`
 and optionally `diffmic_split`) or the original HAM10000 download (`HAM10000_metadata.csv` with

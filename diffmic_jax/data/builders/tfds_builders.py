@@ -8,12 +8,17 @@ resize, stored as encoded bytes. The config name carries the split scheme and th
 Each builder lists its configs in `BUILDER_CONFIGS` (every scheme at the stored sizes in
 `STORED_SIZES`), so `tfds build` and `diffmic_jax.data.prepare(config.data)` name the same config
 object and write the same folder, `<data_dir>/<name>/<scheme>_<size>/1.0.0`; a size not listed is
-a custom config of the same shape (TFDS refuses a custom config named like a listed one, so
-`dataset.builder_of` always hands the listed object over when there is one). What does not change
-the dataset's identity (skipping bad examples, image_folder's K) is a builder argument, not a
-config field. The default file format is array_record, the only one written without TensorFlow
-and the one grain reads. TFDS writes into an `incomplete.*` folder and renames it only when every
-split is written, so a failed build leaves nothing a later read would pick up.
+a custom config of the same shape (TFDS refuses a custom config named like a listed one, so the
+builder swaps a copy for the listed object). From the command line, without TensorFlow:
+
+    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
+        --manual_dir=../shared/data/aptos2019_224 --data_dir=~/tensorflow_datasets
+
+(see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
+not change the dataset's identity (skipping bad examples, image_folder's K) is a builder
+argument, not a config field. The default file format is array_record, the only one written
+without TensorFlow and the one grain reads. TFDS writes into an `incomplete.*` folder and renames
+it only when every split is written, so a failed build leaves nothing a later read would pick up.
 """
 
 import dataclasses
@@ -73,7 +78,7 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = tfds.core.Version(VERSION)
   RESOLVER_NAME = ''
-  MANUAL_DOWNLOAD_INSTRUCTIONS = 'See the module docstring of diffmic_jax/data/builders/.'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = 'Pass --manual_dir; see diffmic_jax/data/builders/<name>.py.'
   # TFDS finds a builder's folder through importlib_resources, which is not a dependency here
   # (and there is no checksums file to find): name it directly.
   code_path = epath.Path(__file__)
@@ -154,24 +159,28 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 class Aptos2019(_DiffmicBuilder):
   """APTOS 2019 Blindness Detection (diabetic-retinopathy grade 0-4)."""
   RESOLVER_NAME = 'aptos2019'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = resolvers.aptos2019.__doc__
   BUILDER_CONFIGS = _image_configs(resolvers.aptos2019)
 
 
 class Isic2018(_DiffmicBuilder):
   """ISIC 2018 Task 3 / HAM10000 (7 classes, DiffMIC order)."""
   RESOLVER_NAME = 'isic2018'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = resolvers.isic2018.__doc__
   BUILDER_CONFIGS = _image_configs(resolvers.isic2018)
 
 
 class ImageFolder(_DiffmicBuilder):
   """Any folder of images with `labels.csv` (file,label[,split][,group])."""
   RESOLVER_NAME = 'image_folder'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = resolvers.image_folder.__doc__
   BUILDER_CONFIGS = _image_configs(resolvers.image_folder)
 
 
 class Medmnist(_DiffmicBuilder):
   """A MedMNIST `.npz` file, official splits, stored at its own size as PNG."""
   RESOLVER_NAME = 'medmnist'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = resolvers.medmnist.__doc__
   BUILDER_CONFIGS = _medmnist_configs(resolvers.medmnist.SCHEMES)
 
 
