@@ -5,8 +5,8 @@
     batch = next(it)                          # {'image': uint8 [b,H,W,3], 'label': int32 [b]}
     images = normalize(batch['image'])        # on device: ImageNet mean/std, float32
 
-`python -m diffmic_jax.data.cli build <name> --config=<scheme>_<size> --manual_dir=... --data_dir=...`
-(TFDS's `tfds build`, runnable without TensorFlow) writes the same dataset as `prepare`.
+`python -m diffmic_jax.data.cli build <name> --config=<scheme>_<size> --manual_dir=DIR
+--data_dir=DIR` (TFDS's `tfds build`, runnable without TensorFlow) writes what `prepare` writes.
 Evaluation batches are padded and carry `mask`/`index`, so every example counts exactly once.
 """
 
