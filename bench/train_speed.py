@@ -15,6 +15,7 @@ bench/results/train_speed_<backbone>.json.
 import argparse
 import functools
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -66,11 +67,13 @@ def run(args) -> dict:
 
   config = aptos.get_config()
   config.model.dcg_backbone = args.dcg_backbone
+  config.model.dtype = args.dtype
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
   batch = jax.device_put(real_batch(pathlib.Path(args.data_root), args.batch))
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
+         'dtype': args.dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
@@ -83,6 +86,13 @@ def run(args) -> dict:
   for k in ('dcg_pretrain', 'joint'):
     res[k]['img_s'] = args.batch / res[k]['step_s']
 
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, steps only
+  stats = jax.devices()[0].memory_stats() or {}
+  res['peak_memory_gb'] = stats.get('peak_bytes_in_use', rss * 2**30) / 2**30
+  res['peak_memory_kind'] = 'device' if 'peak_bytes_in_use' in stats else 'process RSS (CPU)'
+  res['joint_parts_s'] = {}
+  if not args.parts:
+    return res
   # Where the joint step's time goes: each part jitted alone.
   images = normalize(batch['image'])
   dcg_fwd = jax.jit(lambda s, x: dcg_priors(models.dcg.apply(s.dcg.variables(), x)))
@@ -98,10 +108,6 @@ def run(args) -> dict:
     _, t = timed(fn, *fargs, steps=max(2, args.steps // 2))
     parts[name] = statistics.median(t)
   res['joint_parts_s'] = parts
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-  stats = jax.devices()[0].memory_stats() or {}
-  res['peak_memory_gb'] = stats.get('peak_bytes_in_use', rss * 2**30) / 2**30
-  res['peak_memory_kind'] = 'device' if 'peak_bytes_in_use' in stats else 'process RSS (CPU)'
   return res
 
 
@@ -123,13 +129,17 @@ def main():
   p.add_argument('--dcg_backbone', default='resnet50', choices=['resnet50', 'resnet18'])
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--parts', action=argparse.BooleanOptionalAction, default=True,
+                 help='also time the joint step part by part')
   p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
   p.add_argument('--out', default=None)
   args = p.parse_args()
   res = run(args)
   print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
   print(table(res))
-  out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'train_speed_{args.dcg_backbone}.json')
+  suffix = '' if args.dtype == 'float32' else f'_{args.dtype}'
+  out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'train_speed_{args.dcg_backbone}{suffix}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(res, indent=2))
   print(f'wrote {out}')
