@@ -10,10 +10,10 @@ global batch of 16 (8 per device: see test_parallel.py for why not 2).
 
 Measured here (JAX 0.10.2, CPU): every logged loss and validation score equal to all printed
 digits and all 214 parameter / BatchNorm leaves of the final checkpoint bit-identical; the
-tolerances below leave room for other reduction orders. Wall time: 2.8-3.5 min on 2 CPU cores shared
-with another test run (train job ~115 s, reference ~75 s, evaluate job ~12 s), almost all XLA
-compilation; a per-test persistent compilation cache lets the evaluate job reuse the train job's
-programs.
+tolerances below leave room for other reduction orders. Wall time: 2.8-3.5 min on 2 CPU cores
+shared with another test run (train job ~115 s, reference ~75 s, evaluate job ~12 s), almost all
+XLA compilation; a per-test persistent compilation cache lets the evaluate job reuse the train
+job's programs.
 Every subprocess runs in its own session under a deadline; on failure or timeout its whole
 process group is SIGKILLed (a process stuck in a collective ignores SIGTERM).
 """
