@@ -21,7 +21,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here (a local or mounted path; launch/ mounts gs:// buckets).')
+flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here (a local or '
+                    'mounted path; launch/ mounts gs:// buckets).')
 flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'evaluate', 'predict'], 'What to do.')
 flags.DEFINE_string('checkpoint', 'best', "evaluate/predict: 'best', 'latest' or a step number.")
 flags.DEFINE_string('split', 'test', 'predict: the split to predict.')
