@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffmic_jax import checkpoint, data, evaluate, parallel, report, train, train_state
+from diffmic_jax import checkpoint, data, evaluate, metrics, parallel, report, train, train_state
 
 
 def sync(name: str) -> None:
@@ -58,7 +58,7 @@ def predict(config, workdir: str, split: str, which: str = 'best') -> dict:
   models, mesh, state, chosen = restore(config, workdir, which)
   e = config.eval
   spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-  use_ema = config.train.eval_with_ema and config.train.ema_decay > 0
+  use_ema = train.uses_ema(config)
   batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
                                     global_batch_size=e.batch_size,
                                     process_index=jax.process_index(),
@@ -67,7 +67,7 @@ def predict(config, workdir: str, split: str, which: str = 'best') -> dict:
                                 state.eps.variables(state.eval_eps_params(use_ema)), batches, mesh,
                                 train._keys(config.seed)['eval'], keep_saliency=e.save_saliency)
   out_dir = os.path.join(workdir, 'predictions')
-  summary = evaluate.metrics.summarize_samples(pred['sample_probs'])
+  summary = metrics.summarize_samples(pred['sample_probs'])
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     csv = os.path.join(out_dir, f'{split}.csv')

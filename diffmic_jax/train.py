@@ -37,6 +37,11 @@ def _keys(seed: int):
   return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
 
 
+def uses_ema(config) -> bool:
+  """Whether evaluation reads the EMA of the epsilon-network params (see config.train)."""
+  return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
+
+
 def steps_per_epoch(config) -> int:
   if config.train.steps_per_epoch > 0:
     return config.train.steps_per_epoch
@@ -108,7 +113,7 @@ class Validator:
         process_count=jax.process_count())
 
   def __call__(self, state, joint: bool) -> dict:
-    eps_params = state.eval_eps_params(self.config.train.eval_with_ema and self.config.train.ema_decay > 0)
+    eps_params = state.eval_eps_params(uses_ema(self.config))
     pred = evaluate.predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
                                   self.batches, self.mesh, _keys(self.config.seed)['eval'])
     res = evaluate.split_results(pred, self.config.num_classes, self.config.data.val_split,
@@ -209,7 +214,7 @@ def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
   e = config.eval
   spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
   predict = evaluate.make_predict_fn(models, spec)
-  use_ema = config.train.eval_with_ema and config.train.ema_decay > 0
+  use_ema = uses_ema(config)
   eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
   out = {}
   for split in e.splits:
