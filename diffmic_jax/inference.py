@@ -6,10 +6,10 @@ that differ (checkpoint.check_compatible).
 """
 
 import functools
-import os
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from diffmic_jax import checkpoint, data, evaluate, metrics, parallel, report, train, train_state
@@ -66,22 +66,22 @@ def predict(config, workdir: str, split: str, which: str = 'best') -> dict:
   pred = evaluate.predict_split(evaluate.make_predict_fn(models, spec), state.dcg.variables(),
                                 state.eps.variables(state.eval_eps_params(use_ema)), batches, mesh,
                                 train._keys(config.seed)['eval'], keep_saliency=e.save_saliency)
-  out_dir = os.path.join(workdir, 'predictions')
+  out_dir = epath.Path(workdir) / 'predictions'  # Local or a URL such as gs://bucket/run.
+  csv = str(out_dir / f'{split}.csv')
   summary = metrics.summarize_samples(pred['sample_probs'])
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    csv = os.path.join(out_dir, f'{split}.csv')
+    out_dir.mkdir(parents=True, exist_ok=True)
     report.write_predictions_csv(csv, pred['index'], pred['label'], summary['mean_prob'],
                                  summary['vote'], summary['uncertainty'], pred['dcg_prob'])
     if e.save_saliency:
-      _save_saliency(config, split, pred, summary, os.path.join(out_dir, f'{split}_saliency'))
-  return {split: {'csv': os.path.join(out_dir, f'{split}.csv'), 'n': int(len(pred['index'])),
-                  'checkpoint': chosen}}
+      _save_saliency(config, split, pred, summary, out_dir / f'{split}_saliency')
+  return {split: {'csv': csv, 'n': int(len(pred['index'])), 'checkpoint': chosen}}
 
 
-def _save_saliency(config, split: str, pred: dict, summary: dict, out_dir: str, limit: int = 64):
+def _save_saliency(config, split: str, pred: dict, summary: dict, out_dir: epath.Path,
+                   limit: int = 64):
   """Saliency of the predicted class with the ROI boxes, for the first `limit` images."""
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir.mkdir(parents=True, exist_ok=True)
   batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
                                     global_batch_size=limit)
   images = next(iter(batches))
@@ -90,7 +90,7 @@ def _save_saliency(config, split: str, pred: dict, summary: dict, out_dir: str, 
       continue
     i = int(np.searchsorted(pred['index'], idx))
     cls = int(summary['vote'][i])
-    report.save_saliency_overlay(os.path.join(out_dir, f'{int(idx):05d}.png'), images['image'][row],
+    report.save_saliency_overlay(str(out_dir / f'{int(idx):05d}.png'), images['image'][row],
                                  pred['saliency'][i][..., cls], pred['roi_boxes'][i],
                                  pred['attention'][i],
                                  title=f'label {int(pred["label"][i])}, predicted {cls}')

@@ -15,14 +15,14 @@ Modes:
 
 import json
 import logging as std_logging
-import os
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here (a local or '
-                    'mounted path; launch/ mounts gs:// buckets).')
+flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here: a local '
+                    'path or a URL such as gs://bucket/run (needs gcsfs).')
 flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'evaluate', 'predict'], 'What to do.')
 flags.DEFINE_string('checkpoint', 'best', "evaluate/predict: 'best', 'latest' or a step number.")
 flags.DEFINE_string('split', 'test', 'predict: the split to predict.')
@@ -36,10 +36,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Orbax and TFDS log every save and read at INFO; keep their warnings, drop the chatter."""
+  """Orbax, TFDS and gcsfs log each save and read at INFO; keep their warnings, drop the rest."""
 
   def filter(self, record):
-    noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/grain/')
+    noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/grain/', '/gcsfs/')
     return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in noisy)
 
 
@@ -58,9 +58,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, f'config_{flags.FLAGS.mode}.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local, or gs:// through gcsfs.
+    (epath.Path(workdir) / f'config_{flags.FLAGS.mode}.json').write_text(
+        config.to_json_best_effort(indent=2))
     data.prepare(config.data)  # Builds the TFDS dataset once; other processes wait below.
   inference.sync('prepared')
   logging.info('config:\n%s', config)

@@ -3,19 +3,22 @@
 Every table puts the DCG alone beside the diffusion (mean probability and majority vote) with the
 difference, so each report shows what the diffusion adds, and carries its protocol line (split,
 checkpoint rule, sampler) so a number is never read without how it was made. matplotlib runs on
-the Agg backend: files only, no display on servers and CI.
+the Agg backend: files only, no display on servers and CI. Files go through `etils.epath`, so
+out_dir may be local or a URL such as gs://bucket/run/reports; figures are rendered to bytes
+first because matplotlib writes only to local files and file objects.
 """
 
 import csv
+import io
 import json
 import math
-import os
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 # (key, label, higher is better); AUC, ECE and NLL come from mean_prob, so the vote repeats them.
 _ROWS = (('accuracy', 'accuracy', True), ('macro_f1', 'macro F1', True),
@@ -106,6 +109,14 @@ def _jsonable(x):
   return x
 
 
+def _savefig(fig, path) -> None:
+  """Renders the figure to PNG bytes and writes them to `path` (local or a URL); closes it."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=100)
+  plt.close(fig)
+  epath.Path(path).write_bytes(buf.getvalue())
+
+
 def _ticks(ax, k: int, class_names) -> None:
   names = [str(c) for c in (class_names or range(k))]
   ax.set_xticks(range(k), names, rotation=45 if k > 5 else 0, fontsize=8)
@@ -125,8 +136,7 @@ def _plot_confusion(cm, path: str, title: str, class_names=None) -> None:
     ax.set(xlabel='predicted', ylabel='true', title=f'{title}\n({name})')
     _ticks(ax, k, class_names)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _savefig(fig, path)
 
 
 def _plot_reliability(results: dict, path: str) -> None:
@@ -144,8 +154,7 @@ def _plot_reliability(results: dict, path: str) -> None:
   ax.legend(loc='upper left', fontsize=8)
   hist.set(xlabel='confidence (max probability)', ylabel='images')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _savefig(fig, path)
 
 
 def write_report(results: dict, out_dir: str, name: str) -> dict:
@@ -153,21 +162,20 @@ def write_report(results: dict, out_dir: str, name: str) -> dict:
 
   Args:
     results: as for format_table.
-    out_dir: folder, created if absent.
+    out_dir: folder (local or a URL such as gs://...), created if absent.
     name: file stem, usually the split.
 
   Returns:
     {'json', 'txt', 'confusion', 'reliability'}: the paths of <name>.json, <name>.txt,
     <name>_confusion.png (diffusion prediction) and <name>_reliability.png (diffusion and DCG).
   """
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {k: os.path.join(out_dir, f'{name}{suffix}') for k, suffix in
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {k: str(out / f'{name}{suffix}') for k, suffix in
            (('json', '.json'), ('txt', '.txt'), ('confusion', '_confusion.png'),
             ('reliability', '_reliability.png'))}
-  with open(paths['json'], 'w') as f:
-    json.dump(_jsonable(results), f, indent=2, allow_nan=False)
-  with open(paths['txt'], 'w') as f:
-    f.write(format_table(results) + '\n')
+  epath.Path(paths['json']).write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
+  epath.Path(paths['txt']).write_text(format_table(results) + '\n')
   _plot_confusion(results['diffusion']['confusion_matrix'], paths['confusion'],
                   f"diffusion (mean prob), {results.get('split', '')}", results.get('class_names'))
   _plot_reliability(results, paths['reliability'])
@@ -179,7 +187,7 @@ def write_predictions_csv(path: str, ids, labels, mean_prob, vote, uncertainty, 
   """One row per image: id, label, pred, p_0..p_{K-1}, uncertainty, [vote_agreement], DCG's view.
 
   Args:
-    path: the CSV file; its folder must exist.
+    path: the CSV file (local or a URL); its folder must exist.
     ids: (N,) image ids or dataset indices.
     labels: (N,) true classes, or None (written as empty cells).
     mean_prob, dcg_prob: (N, K) probabilities of the diffusion (mean of samples) and the DCG.
@@ -201,19 +209,20 @@ def write_predictions_csv(path: str, ids, labels, mean_prob, vote, uncertainty, 
   header = (['id', 'label', 'pred'] + names + [f'p_{c}' for c in range(k)] + ['uncertainty']
             + (['vote_agreement'] if vote_agreement is not None else [])
             + ['dcg_pred'] + [f'dcg_p_{c}' for c in range(k)])
-  with open(path, 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(header)
-    for i in range(n):
-      label = '' if labels is None else int(labels[i])
-      row = [_jsonable(ids[i]), label, int(vote[i])]
-      if class_names is not None:
-        row += ['' if labels is None else class_names[label], class_names[int(vote[i])]]
-      row += [f'{p:.6f}' for p in mean_prob[i]] + [f'{float(uncertainty[i]):.6f}']
-      if vote_agreement is not None:
-        row.append(f'{float(vote_agreement[i]):.6f}')
-      row += [int(np.argmax(dcg_prob[i]))] + [f'{p:.6f}' for p in dcg_prob[i]]
-      w.writerow(row)
+  f = io.StringIO(newline='')
+  w = csv.writer(f)
+  w.writerow(header)
+  for i in range(n):
+    label = '' if labels is None else int(labels[i])
+    row = [_jsonable(ids[i]), label, int(vote[i])]
+    if class_names is not None:
+      row += ['' if labels is None else class_names[label], class_names[int(vote[i])]]
+    row += [f'{p:.6f}' for p in mean_prob[i]] + [f'{float(uncertainty[i]):.6f}']
+    if vote_agreement is not None:
+      row.append(f'{float(vote_agreement[i]):.6f}')
+    row += [int(np.argmax(dcg_prob[i]))] + [f'{p:.6f}' for p in dcg_prob[i]]
+    w.writerow(row)
+  epath.Path(path).write_bytes(f.getvalue().encode())  # Bytes: the csv module's \r\n kept as is.
   return path
 
 
@@ -232,7 +241,7 @@ def save_saliency_overlay(path: str, image, saliency, boxes, attention=None, tit
   """Two panels: the image with the ROI boxes and their attention weights; the saliency over it.
 
   Args:
-    path: the PNG file.
+    path: the PNG file (local or a URL).
     image: (H, W, 3) uint8 (or float, min-max scaled for display).
     saliency: (h, w) map or (h, w, K) maps; of (h, w, K), class `cls` if given, else the sum.
       Upsampled bilinearly to the image and min-max scaled.
@@ -271,6 +280,5 @@ def save_saliency_overlay(path: str, image, saliency, boxes, attention=None, tit
   fig.colorbar(overlay, ax=axes[1], fraction=0.046, pad=0.02)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _savefig(fig, path)
   return path
