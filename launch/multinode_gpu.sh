@@ -24,9 +24,8 @@ export CONFIG=${CONFIG:-configs/aptos.py}
 export RUN_NAME=${RUN_NAME:-aptos}
 export JAX_EXTRA=cuda12
 export REPO_DIR=${REPO_DIR:-$PWD}
-# The workdir must be one directory every node sees: a shared file system, or the bucket mounted
-# with gcsfuse (worker.sh fetch). Point MOUNT at the shared file system's directory otherwise.
-export MOUNT=${MOUNT:-$HOME/bucket}
+# The workdir, $BUCKET/runs/$RUN_NAME, must be one directory every node sees: the bucket itself
+# (gs:// is written directly, no mount) or a shared file system's directory.
 MODE=${1:-train}
 shift || true
 

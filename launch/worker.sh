@@ -7,10 +7,11 @@
 #   bash worker.sh fetch                 copy the built dataset to this worker's local disk
 #   bash worker.sh train|evaluate [FLAG...]   the job itself, one process per worker
 #
-# Why the data is copied to local disk: grain reads TFDS array_record files with random access
-# through a POSIX reader; local disk is fast and needs no GCS client in the reader. The workdir is
-# shared by all workers (every process writes its part of each Orbax checkpoint), so it lives in
-# the bucket, mounted with gcsfuse at $MOUNT (report/metric writers use plain file APIs).
+# The workdir is shared by all workers (every process writes its part of each Orbax checkpoint),
+# so it is the bucket itself: --workdir=gs://... (Orbax, metrics, reports and plots all write
+# through etils.epath / gcsfs; no mount). The data is copied to local disk: grain reads the TFDS
+# array_record files with random access, which local disk serves fastest, and reading them
+# straight from gs:// is untested here.
 set -euo pipefail
 
 # ---- settings (exported by tpu_vm.sh / multinode_gpu.sh; defaults for a manual run) ----
@@ -22,7 +23,6 @@ PACKAGE=${PACKAGE:-$REPO_DIR}        # what pip installs: the copied checkout, o
 JAX_EXTRA=${JAX_EXTRA:-tpu}          # tpu | cuda12
 DATA_DIR=${DATA_DIR:-$HOME/tensorflow_datasets}
 MANUAL_DIR=${MANUAL_DIR:-$HOME/raw}  # source images + CSVs, for `prepare` only
-MOUNT=${MOUNT:-$HOME/bucket}
 DISTRIBUTED=${DISTRIBUTED:-on}       # on: jax.distributed.initialize() (no arguments on Cloud TPU)
 
 cmd=${1:?usage: worker.sh setup|prepare|fetch|train|evaluate [FLAG...]}
@@ -33,13 +33,7 @@ case "$cmd" in
   setup)
     python3 -m pip install -U pip
     python3 -m pip install -U "jax[$JAX_EXTRA]"
-    python3 -m pip install -U "$PACKAGE"
-    if ! command -v gcsfuse >/dev/null; then  # Google's documented apt install.
-      echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main" \
-        | sudo tee /etc/apt/sources.list.d/gcsfuse.list
-      curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
-      sudo apt-get update -q && sudo apt-get install -y -q gcsfuse
-    fi
+    python3 -m pip install -U "$PACKAGE" gcsfs  # gcsfs: gs:// workdirs (the package's [gcs] extra).
     python3 -c 'import jax, diffmic_jax.train; print("jax", jax.__version__)'  # Fails here, not mid-job.
     ;;
   prepare)  # One worker (or a workstation): build, then upload. Uses no accelerator.
@@ -50,13 +44,12 @@ case "$cmd" in
     gcloud storage rsync -r "$DATA_DIR" "$BUCKET/tfds"
     ;;
   fetch)
-    mkdir -p "$DATA_DIR" "$MOUNT"
+    mkdir -p "$DATA_DIR"
     gcloud storage rsync -r "$BUCKET/tfds" "$DATA_DIR"
-    mountpoint -q "$MOUNT" || gcsfuse --implicit-dirs "${BUCKET#gs://}" "$MOUNT"
     ;;
   train|evaluate)
     python3 -m diffmic_jax.main --mode="$cmd" --distributed="$DISTRIBUTED" \
-      --config="$CONFIG" --workdir="$MOUNT/runs/$RUN_NAME" \
+      --config="$CONFIG" --workdir="$BUCKET/runs/$RUN_NAME" \
       --config.data.data_dir="$DATA_DIR" "$@"
     ;;
   *)
