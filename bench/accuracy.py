@@ -1,16 +1,19 @@
 """Accuracy over seeds: DiffMIC against its own DCG, checkpoint chosen on validation, test once.
 
-Runs the main job once per seed (each in its own process and workdir), then reads each run's
+Runs the main job once per seed (each in its own process and workdir; `--parallel=N` runs N at
+once, for an accelerator that one small run leaves idle), then reads each run's
 `reports/<split>.json` and prints mean and standard deviation over seeds for the DCG alone and for
 the diffusion (mean probability), with the protocol line of the runs:
 
     python bench/accuracy.py --config=configs/demo.py --seeds=0,1,2 --workdir=/tmp/acc \
         [--override=train.epochs=40 --override=model.width=64 ...]
 
-Writes bench/results/accuracy_<name>.json. Long: run it in the background with a log.
+Writes bench/results/accuracy_<name>.json (or --out). Long: run it in the background with a log.
+A seed whose run fails is reported with its log's path and left out of the summary, never hidden.
 """
 
 import argparse
+import concurrent.futures
 import json
 import pathlib
 import statistics
@@ -21,14 +24,31 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ('accuracy', 'macro_f1', 'balanced_accuracy', 'kappa_quadratic', 'auc_ovr_macro')
 
 
-def run_seed(args, seed: int) -> dict:
+def _main_cmd(args, work: pathlib.Path, *extra: str) -> list[str]:
+  return [sys.executable, '-m', 'diffmic_jax.main', f'--config={args.config}', f'--workdir={work}',
+          *extra] + [f'--config.{o}' for o in args.override]
+
+
+def prepare(args) -> None:
+  """Builds the dataset once, before seeds run side by side (parallel builds would race)."""
+  work = pathlib.Path(args.workdir) / 'prepare'
+  with open(pathlib.Path(args.workdir) / 'prepare.log', 'w') as log:
+    subprocess.run(_main_cmd(args, work, '--mode=prepare'), cwd=REPO, stdout=log,
+                   stderr=subprocess.STDOUT, check=True)
+
+
+def run_seed(args, seed: int) -> dict | None:
   work = pathlib.Path(args.workdir) / f'seed{seed}'
-  cmd = [sys.executable, '-m', 'diffmic_jax.main', f'--config={args.config}', f'--workdir={work}',
-         f'--config.seed={seed}'] + [f'--config.{o}' for o in args.override]
-  if not (work / 'reports' / f'{args.split}.json').exists():
-    with open(pathlib.Path(args.workdir) / f'seed{seed}.log', 'w') as log:
-      subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-  return json.loads((work / 'reports' / f'{args.split}.json').read_text())
+  report = work / 'reports' / f'{args.split}.json'
+  if not report.exists():
+    log_path = pathlib.Path(args.workdir) / f'seed{seed}.log'
+    with open(log_path, 'w') as log:
+      done = subprocess.run(_main_cmd(args, work, f'--config.seed={seed}'), cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+      print(f'seed {seed} failed (exit {done.returncode}); see {log_path}', flush=True)
+      return None
+  return json.loads(report.read_text())
 
 
 def summarise(results: list[dict]) -> dict:
@@ -50,22 +70,33 @@ def main():
   p.add_argument('--split', default='test')
   p.add_argument('--override', action='append', default=[], help='config field=value, repeatable')
   p.add_argument('--name', default=None)
+  p.add_argument('--parallel', type=int, default=1, help='seeds run at once')
+  p.add_argument('--out', default=None, help='JSON path (default bench/results/accuracy_<name>.json)')
   args = p.parse_args()
   pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
+  prepare(args)
   seeds = [int(s) for s in args.seeds.split(',')]
-  results = [run_seed(args, s) for s in seeds]
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.parallel)) as pool:
+    finished = list(pool.map(lambda s: run_seed(args, s), seeds))
+  failed = [s for s, r in zip(seeds, finished) if r is None]
+  seeds = [s for s, r in zip(seeds, finished) if r is not None]
+  results = [r for r in finished if r is not None]
+  if not results:
+    raise SystemExit(f'every seed failed; logs in {args.workdir}')
   summary = summarise(results)
-  print(f'{args.config} {" ".join(args.override)}; split {args.split}; seeds {seeds}')
+  print(f'{args.config} {" ".join(args.override)}; split {args.split}; seeds {seeds}'
+        + (f'; FAILED seeds {failed}' if failed else ''))
   print(f'protocol (seed {seeds[0]}): {results[0]["protocol"]}')
   print(f"{'metric':20s} {'DCG alone':>18s} {'diffusion':>18s} {'vote':>18s}")
   for m in METRICS:
     cells = [f"{summary[w][m]['mean']:.4f} ± {summary[w][m]['std']:.4f}" for w in ('dcg', 'diffusion', 'vote')]
     print(f'{m:20s} ' + ' '.join(f'{c:>18s}' for c in cells))
-  name = args.name or pathlib.Path(args.config).stem
-  out = REPO / 'bench' / 'results' / f'accuracy_{name}.json'
+  name = args.name or pathlib.Path(args.config.split(':')[0]).stem
+  out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'accuracy_{name}.json')
+  out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({'config': args.config, 'overrides': args.override, 'split': args.split,
-                             'seeds': seeds, 'protocol': results[0]['protocol'], 'summary': summary},
-                            indent=2))
+                             'seeds': seeds, 'failed_seeds': failed, 'protocol': results[0]['protocol'],
+                             'summary': summary}, indent=2))
   print(f'wrote {out}')
 
 

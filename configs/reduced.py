@@ -1,0 +1,54 @@
+"""APTOS 2019 or HAM10000 at 64 px with small ResNet18 trunks: DiffMIC against its DCG on a budget.
+
+The benchmark recipe for the question "does the diffusion beat its own DCG?" on the real datasets
+when 224 px and 1,000 epochs are out of reach. Not the paper's setting and not its accuracy.
+
+    python -m diffmic_jax.main --config=configs/reduced.py:aptos --workdir=/tmp/aptos64 \
+      --config.data.manual_dir=../shared/data/aptos2019_224 [--config.data.builder_config=grouped]
+    python -m diffmic_jax.main --config=configs/reduced.py:isic --workdir=/tmp/ham64 \
+      --config.data.manual_dir=../shared/data/ham10000_224
+
+Over seeds, checkpoint chosen on validation, test once (see README, Benchmarks):
+
+    python bench/accuracy.py --config=configs/reduced.py:aptos --seeds=0,1,2 --parallel=3 \
+      --workdir=/tmp/acc_aptos64 --override=data.manual_dir=../shared/data/aptos2019_224
+
+What is reduced: images stored and trained at 64 px (the standard stem, so the saliency grid is
+2 x 2 and the local stream sees 4 tiles of 32 px, the tile size of the official 224 px run);
+ResNet18 trunks at half width for both DCG streams and the epsilon-network encoder; a 1024-wide
+epsilon network; 10 + 40 epochs. Split, sampler and the rest of the recipe are the dataset's own
+(`configs/aptos.py`, `configs/isic.py`).
+
+Hardware and wall time: one GPU, a few minutes per run; on a 2-core CPU about 0.3 s per joint step.
+"""
+
+from configs import aptos, isic
+
+DATASETS = {'aptos': aptos, 'isic': isic}
+
+
+def get_config(arg: str = 'aptos'):
+  if arg not in DATASETS:
+    raise ValueError(f"configs/reduced.py takes one of {sorted(DATASETS)}, got {arg!r}")
+  c = DATASETS[arg].get_config()
+  c.image_size = 64
+  c.data.stored_size = 64
+  c.data.data_dir = '~/tensorflow_datasets'
+
+  c.model.dcg_backbone = 'resnet18'
+  c.model.eps_backbone = 'resnet18'
+  c.model.width = 32
+  c.model.feature_dim = 1024
+
+  c.train.batch_size = 64
+  c.train.dcg_pretrain_epochs = 10
+  c.train.epochs = 40
+  c.train.warmup_epochs = 4
+  c.train.eval_every_epochs = 4
+  c.train.ema_decay = 0.999
+  c.train.log_every_steps = 20
+  c.train.checkpoint_every_steps = 1000
+
+  c.eval.batch_size = 128
+  c.eval.num_samples = 4
+  return c
