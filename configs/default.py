@@ -88,7 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- evaluation / sampling ----
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32
-  c.eval.sampler = 'truncated'  # full (T-step) | truncated (official test chain) | ddim.
+  c.eval.sampler = 'truncated'  # full (T-step) | truncated (official test chain) | matched | ddim.
   c.eval.num_steps = 60  # truncated: last n steps of the T schedule; ddim: respaced steps.
   c.eval.val_sampler = 'ddim'  # Sampler used for in-training validation (cheap).
   c.eval.val_num_steps = 10

@@ -20,21 +20,23 @@ from diffmic_jax.train_state import Models
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-  method: str  # full | truncated | ddim
+  method: str  # full | truncated | matched | ddim (see sampling.py)
   num_steps: int
   num_samples: int
 
   def describe(self, num_timesteps: int) -> str:
     steps = {'full': f'full {num_timesteps}-step ancestral chain',
              'truncated': f'official truncated chain (last {self.num_steps} of {num_timesteps} steps)',
+             'matched': f'truncated chain with matched start (last {self.num_steps} of {num_timesteps} '
+                        'steps, from the prior at their noise level)',
              'ddim': f'deterministic respaced chain, {self.num_steps} steps'}[self.method]
     return f'{steps}; {self.num_samples} sample(s) per image'
 
 
 def make_predict_fn(models: Models, spec: SamplerSpec):
   """jit(fn(dcg_vars, eps_vars, images uint8, key) -> outputs dict)."""
-  if spec.method not in ('full', 'truncated', 'ddim'):
-    raise ValueError(f"eval sampler must be 'full', 'truncated' or 'ddim', got {spec.method!r}")
+  if spec.method not in sampling.METHODS:
+    raise ValueError(f'eval sampler must be one of {sampling.METHODS}, got {spec.method!r}')
 
   def predict(dcg_vars, eps_vars, images, key):
     x = normalize(images)

@@ -4,11 +4,18 @@ The image features and priors are computed once, before the chain: the epsilon n
 does not depend on y_t or t, so each reverse step costs only the small head. The official code
 re-runs the encoder at every step; caching is exact in eval mode.
 
-Three chains, all starting from y_T = y_hat + N(0, I):
-  'full'       the T-step ancestral chain t = T-1 .. 1, then the noise-free step from t = 0;
+Four chains:
+  'full'       the T-step ancestral chain t = T-1 .. 1, then the noise-free step from t = 0,
+               from y_T = y_hat + N(0, I);
   'truncated'  the official test chain: the same loop run over the last n steps of the T-step
-               schedule only (t = n-1 .. 0). It is not a respacing, and it is what produced the
-               published DiffMIC numbers (n = 60 APTOS, 250 ISIC, 100 placenta);
+               schedule only (t = n-1 .. 0), still started from y_hat + N(0, I). It is not a
+               respacing, and it is what produced the published DiffMIC numbers (n = 60 APTOS,
+               250 ISIC, 100 placenta). Its start carries unit noise into steps trained on noise
+               of std sqrt(1 - abar_n) (0.2 at n = 60): a network that has not learnt to remove
+               more than that leaves the excess in y_0;
+  'matched'    the same last n steps, started where the forward process puts y_{n-1} when y_0 is
+               the prior itself: y_hat + sqrt(1 - abar_{n-1}) N(0, I). It refines the DCG prior
+               at the noise levels the network was trained on (for n = T it is the full chain);
   'ddim'       a deterministic respaced chain over S << T timesteps spread over [0, T).
 Every sampler draws M samples per image in one call and returns per-sample class probabilities.
 """
@@ -21,12 +28,15 @@ import numpy as np
 
 from diffmic_jax.diffusion import CARDSchedule
 
+METHODS = ('full', 'truncated', 'matched', 'ddim')
+
 # eps_fn(y_t (N, K), t scalar int) -> eps (N, K), with the image features and priors bound.
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def ancestral_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps: int):
-  """Runs y_T -> y_0 over t = num_steps-1 .. 1 with posterior noise, then the last step.
+def ancestral_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps: int,
+                    matched_start: bool = False):
+  """Runs y_{n-1} -> y_0 over t = num_steps-1 .. 1 with posterior noise, then the last step.
 
   Args:
     schedule: the T-step schedule; num_steps <= T picks its first num_steps entries.
@@ -34,13 +44,17 @@ def ancestral_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps
     y_hat: (N, K) prior mean the forward process ends at.
     key: PRNG key; step t draws its noise from fold_in(key, t).
     num_steps: T for the full chain, n for the official truncated chain.
+    matched_start: start at the forward process's noise level for t = n-1 (see 'matched')
+      instead of unit noise.
 
   Returns:
     y_0 (N, K).
   """
   if not 1 <= num_steps <= schedule.num_timesteps:
     raise ValueError(f'num_steps must be in [1, {schedule.num_timesteps}], got {num_steps}')
-  y_T = y_hat + jax.random.normal(jax.random.fold_in(key, schedule.num_timesteps), y_hat.shape)
+  scale = schedule.one_minus_alphas_bar_sqrt[num_steps - 1] if matched_start else 1.0
+  y_T = y_hat + scale * jax.random.normal(jax.random.fold_in(key, schedule.num_timesteps),
+                                          y_hat.shape)
 
   def step(y_t, t):
     z = jax.random.normal(jax.random.fold_in(key, t), y_t.shape)
@@ -81,8 +95,8 @@ def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat
     priors: conditioning priors as the head takes them: (B, K) or a tuple of (B, K).
     y_hat: (B, K) prior mean of the forward process (the fused prior).
     key: PRNG key.
-    method: 'full' | 'truncated' | 'ddim'.
-    num_steps: ignored for 'full'; n for 'truncated'; S for 'ddim'.
+    method: 'full' | 'truncated' | 'matched' | 'ddim'.
+    num_steps: ignored for 'full'; n for 'truncated' and 'matched'; S for 'ddim'.
     num_samples: M.
 
   Returns:
@@ -98,10 +112,10 @@ def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat
 
   if method == 'full':
     y0 = ancestral_chain(schedule, eps_fn, y_hat_m, key, schedule.num_timesteps)
-  elif method == 'truncated':
-    y0 = ancestral_chain(schedule, eps_fn, y_hat_m, key, num_steps)
+  elif method in ('truncated', 'matched'):
+    y0 = ancestral_chain(schedule, eps_fn, y_hat_m, key, num_steps, method == 'matched')
   elif method == 'ddim':
     y0 = ddim_chain(schedule, eps_fn, y_hat_m, key, num_steps)
   else:
-    raise ValueError(f"sampler must be 'full', 'truncated' or 'ddim', got {method!r}")
+    raise ValueError(f"sampler must be one of {METHODS}, got {method!r}")
   return jax.nn.softmax(y0, axis=-1).reshape(num_samples, b, k)

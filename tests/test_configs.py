@@ -3,6 +3,7 @@
 import pytest
 
 from configs import aptos, default, demo, isic, placenta
+from diffmic_jax import sampling
 from diffmic_jax.data.dataset import builder_config_of
 
 
@@ -18,7 +19,7 @@ def test_config_overrides_only_base_fields(module, arg):
   cfg = module.get_config(arg)
   assert _keys(cfg) == _keys(default.get_config())  # overrides, never new or missing fields
   assert builder_config_of(cfg.data).num_classes in (cfg.num_classes, -1)
-  assert cfg.train.batch_size % 8 == 0 and cfg.eval.sampler in ('full', 'truncated', 'ddim')
+  assert cfg.train.batch_size % 8 == 0 and cfg.eval.sampler in sampling.METHODS
   assert cfg.data.val_split != cfg.data.test_split
 
 

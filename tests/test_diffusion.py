@@ -68,7 +68,7 @@ def _oracle(schedule, y0, y_hat):
   return eps_fn
 
 
-@pytest.mark.parametrize('method,steps', [('full', 1000), ('truncated', 60), ('ddim', 10)])
+@pytest.mark.parametrize('method,steps', [('full', 1000), ('truncated', 60), ('matched', 60), ('ddim', 10)])
 def test_chain_driven_by_true_noise_recovers_y0(schedule, method, steps):
   k = 5
   y0 = jax.nn.one_hot(jnp.array([0, 3, 4]), k)
@@ -87,9 +87,10 @@ def test_scan_equals_python_loop(schedule):
   y_hat = jax.nn.softmax(jax.random.normal(jax.random.key(4), (n, k)))
   eps_fn = lambda y_t, t: jnp.tanh(y_t @ w) * (1.0 + t / 1000.0)
   key = jax.random.key(5)
-  for steps in (1000, 60):
-    got = jax.jit(lambda: sampling.ancestral_chain(schedule, eps_fn, y_hat, key, steps))()
-    y = y_hat + jax.random.normal(jax.random.fold_in(key, 1000), y_hat.shape)
+  for steps, matched in ((1000, False), (60, False), (60, True)):
+    got = jax.jit(lambda: sampling.ancestral_chain(schedule, eps_fn, y_hat, key, steps, matched))()
+    start_std = np.sqrt(1 - np.asarray(schedule.alphas_bar)[steps - 1]) if matched else 1.0
+    y = y_hat + start_std * jax.random.normal(jax.random.fold_in(key, 1000), y_hat.shape)
     for t in range(steps - 1, 0, -1):
       z = jax.random.normal(jax.random.fold_in(key, t), y.shape)
       y = schedule.p_sample_step(y, y_hat, t, eps_fn(y, t), z)
