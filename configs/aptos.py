@@ -12,8 +12,9 @@ lists, with the published 352-image validation list carved out of train (checkpo
 on it, never on test); `grouped`: the duplicate-aware 70/15/15 split.
 
 Hardware: one accelerator (TPU v4/v5e chip or a recent GPU); the joint step is ~70 GFLOP per image.
-Wall time: about 1-3 h on one H100-class device for 15 + 1000 epochs of 2,212 images (estimate
-from FLOPs; not yet measured). Expected: the paper reports accuracy 0.858 / macro-F1 0.716 with
+Wall time: about 1.4 h on one H200 for 15 + 1000 epochs of 2,212 images (measured: 0.074 s per
+joint step at batch 32, random weights, bench/results/h200/; evaluation not included).
+Expected: the paper reports accuracy 0.858 / macro-F1 0.716 with
 test-set checkpoint selection and the truncated 60-step chain; a public re-run of the official code
 got 0.812 / 0.653 (scott-yjyang/DiffMIC#6). Numbers from this config with validation selection
 are in the README when measured.
