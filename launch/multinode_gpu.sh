@@ -30,12 +30,10 @@ MODE=${1:-train}
 shift || true
 
 if [[ -n "${SLURM_JOB_ID:-}" && -z "${JAX_COORDINATOR_ADDRESS:-}" ]]; then
-  # One process per node; JAX reads the SLURM variables. `worker.sh fetch` first on every node.
-  srun --ntasks-per-node=1 bash "$REPO_DIR/launch/worker.sh" fetch
+  # One process per node; JAX reads the SLURM variables. Each copies the data to its own disk.
   DISTRIBUTED=on srun --ntasks-per-node=1 bash "$REPO_DIR/launch/worker.sh" "$MODE" "$@"
 else
   : "${JAX_COORDINATOR_ADDRESS:?set JAX_COORDINATOR_ADDRESS=host:port of process 0}"
   : "${JAX_NUM_PROCESSES:?set JAX_NUM_PROCESSES}" "${JAX_PROCESS_ID:?set JAX_PROCESS_ID}"
-  bash "$REPO_DIR/launch/worker.sh" fetch
   DISTRIBUTED=auto bash "$REPO_DIR/launch/worker.sh" "$MODE" "$@"
 fi

@@ -39,9 +39,9 @@ gcloud compute tpus tpu-vm scp /tmp/diffmic-jax.tar.gz "$TPU_NAME":~/ --project=
   --zone="$ZONE" --worker=all
 ssh_all all "tar xzf ~/diffmic-jax.tar.gz -C ~ && $ENV bash ~/diffmic-jax/launch/worker.sh setup"
 
-# 3. The dataset, built once (worker 0, on its CPU) into the bucket; then copied to every worker.
+# 3. The dataset, built once (worker 0, on its CPU) into the bucket; each worker's first train
+#    or evaluate copies it to its own disk.
 ssh_all 0 "$ENV bash ~/diffmic-jax/launch/worker.sh prepare"
-ssh_all all "$ENV bash ~/diffmic-jax/launch/worker.sh fetch"
 
 # 4. Train, then evaluate the validation-chosen checkpoint: one process per worker, all at once.
 #    A preempted or killed run resumes from $BUCKET/runs/$RUN_NAME/checkpoints: run it again.

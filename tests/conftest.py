@@ -1,11 +1,14 @@
-"""Test set-up: 8 fake CPU devices, parsed absl flags, and where the real images live.
+"""Test set-up: 8 fake CPU devices, parsed absl flags, where the real images live, a GCS server.
 
 XLA_FLAGS must be set before JAX starts, so it happens here, at import time of the test session.
 grain worker processes read absl flags, which must count as parsed outside `absl.app.run`.
 """
 
+import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -17,6 +20,7 @@ flags.FLAGS.mark_as_parsed()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_ROOT = pathlib.Path(os.environ.get('DIFFMIC_DATA_ROOT', REPO.parent / 'shared' / 'data'))
+GCS_BUCKET = 'diffmic-test'  # The one bucket of the `gcs` server.
 
 
 @pytest.fixture(scope='session')
@@ -25,3 +29,40 @@ def data_root() -> pathlib.Path:
   if not DATA_ROOT.is_dir():
     pytest.skip(f'real data folder {DATA_ROOT} is absent (set DIFFMIC_DATA_ROOT)')
   return DATA_ROOT
+
+
+@pytest.fixture(scope='session')
+def gcs(tmp_path_factory):
+  """A local GCS server (tests/gcs_emulator.py) that gcsfs and TensorStore talk to.
+
+  One per session: epath caches its gcsfs file system, whose listing cache would outlive a
+  server. Yields the environment a subprocess needs to reach it too.
+  """
+  # Looked up, not imported: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set below) at import.
+  missing = [m for m in ('gcsfs', 'gcp_storage_emulator') if importlib.util.find_spec(m) is None]
+  if missing:
+    pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[test]'")
+  import portpicker
+  port = portpicker.pick_unused_port()
+  log = tmp_path_factory.mktemp('gcs_emulator') / 'stderr.log'  # A file: a pipe could fill up.
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / 'tests' / 'gcs_emulator.py'), str(port), GCS_BUCKET],
+        stdout=subprocess.PIPE, stderr=err, text=True)
+  env = {'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{port}',  # gcsfs
+         'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{port}',  # Orbax's array writes
+         # gcsfs would ask the Storage Control API (gRPC, not emulated) for the bucket type.
+         'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
+  saved = {k: os.environ.get(k) for k in env}
+  try:
+    assert proc.stdout.readline().strip() == 'ready', log.read_text()[-4000:]
+    os.environ.update(env)
+    yield env
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=10)

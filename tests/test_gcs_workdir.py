@@ -10,59 +10,20 @@ against this server by hand (94 s on 2 loaded cores); it is not repeated here be
 cost as much as the end-to-end test.
 """
 
-import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 
-# Looked up, not imported: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set below) at import.
-_MISSING = [m for m in ('gcsfs', 'gcp_storage_emulator') if importlib.util.find_spec(m) is None]
-if _MISSING:
-  pytest.skip(f"{', '.join(_MISSING)} not installed: pip install -e '.[test]'",
-              allow_module_level=True)
-import portpicker  # noqa: E402
-from etils import epath  # noqa: E402
-
-from configs import demo  # noqa: E402
-from diffmic_jax import checkpoint, data, report  # noqa: E402
-from diffmic_jax.metric_writer import MetricWriter  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-BUCKET = 'diffmic-test'
-
-
-@pytest.fixture(scope='module')
-def gcs(tmp_path_factory):
-  """Starts the server and points gcsfs and TensorStore at it; yields the environment to pass on."""
-  port = portpicker.pick_unused_port()
-  log = tmp_path_factory.mktemp('gcs_emulator') / 'stderr.log'  # A file: a pipe could fill up.
-  with open(log, 'w') as err:
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / 'tests' / 'gcs_emulator.py'), str(port), BUCKET],
-        stdout=subprocess.PIPE, stderr=err, text=True)
-  env = {'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{port}',  # gcsfs
-         'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{port}',  # Orbax's array writes
-         # gcsfs would ask the Storage Control API (gRPC, not emulated) for the bucket type.
-         'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
-  saved = {k: os.environ.get(k) for k in env}
-  try:
-    assert proc.stdout.readline().strip() == 'ready', log.read_text()[-4000:]
-    os.environ.update(env)
-    yield env
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
+from configs import demo
+from conftest import GCS_BUCKET as BUCKET, REPO
+from diffmic_jax import checkpoint, data, report
+from diffmic_jax.metric_writer import MetricWriter
 
 
 @pytest.fixture(scope='module')

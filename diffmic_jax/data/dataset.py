@@ -2,10 +2,13 @@
 
 `prepare` builds once (idempotent); `num_examples`, `class_counts` and `data_source` read what was
 built. Reading needs only the array_record files and `dataset_info.json`, not the manual folder.
+A remote `data.data_dir` (gs://...) is built on local disk and uploaded, and read from a copy
+each host stages once (`staging.py`): array_record opens local files only.
 """
 
 import functools
 import os
+import shutil
 
 from absl import logging
 from etils import epath
@@ -13,6 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffmic_jax.data import builders as resolvers
+from diffmic_jax.data import staging
 from diffmic_jax.data.builders import medmnist
 from diffmic_jax.data.builders.tfds_builders import BUILDERS, VERSION, DiffmicConfig, config_name
 from diffmic_jax.data.examples import DataError, check_splits
@@ -46,11 +50,22 @@ def _data_dir(data_cfg) -> str:
   return path if '://' in path else os.path.abspath(path)
 
 
-def builder_of(data_cfg, **kwargs) -> tfds.core.DatasetBuilder:
-  """The TFDS builder for `config.data` (reads `dataset_info.json` when already built)."""
+def _relative_dir(data_cfg) -> str:
+  """`<name>/<config>/<version>`: where a build lives under a data dir."""
+  return os.path.join(data_cfg.name, builder_config_of(data_cfg).name, VERSION)
+
+
+def builder_of(data_cfg, data_dir: str | None = None, **kwargs) -> tfds.core.DatasetBuilder:
+  """The TFDS builder for `config.data` (reads `dataset_info.json` when already built).
+
+  Args:
+    data_cfg: `config.data`.
+    data_dir: Overrides `data.data_dir` (a remote one's local copy).
+    **kwargs: Passed on to the builder (`resolved` splits for a build).
+  """
   config = builder_config_of(data_cfg)  # Checks the name first.
   return BUILDERS[data_cfg.name](
-      config=config, data_dir=_data_dir(data_cfg), file_format='array_record',
+      config=config, data_dir=data_dir or _data_dir(data_cfg), file_format='array_record',
       num_classes=config.num_classes, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
       **kwargs)
 
@@ -89,13 +104,28 @@ def prepare(data_cfg) -> None:
   Every cheap check runs before anything is written; image decoding errors stop the build
   inside TFDS's temporary folder, which is then removed. With `data.skip_bad_examples`, bad
   examples are skipped and listed in `skipped.txt` next to the built dataset.
+
+  array_record's writer opens local files only, so a remote `data.data_dir` is built into this
+  host's staging cache and uploaded from there, `dataset_info.json` last: a killed upload does not
+  count as built, and the next `prepare` builds again.
   """
   builder = builder_of(data_cfg)
   if _is_built(builder):
     return
+  url = _data_dir(data_cfg)
+  if not staging.is_remote(url):
+    _build(data_cfg, url)
+    return
+  root = staging.cache_dir(url)
+  shutil.rmtree(os.path.join(root, _relative_dir(data_cfg)), ignore_errors=True)  # A stale copy.
+  staging.upload(_build(data_cfg, root), os.fspath(builder.data_dir))
+
+
+def _build(data_cfg, data_dir: str) -> str:
+  """Builds into the local `data_dir`; returns the built folder."""
   skipped: list[str] = []
   splits = resolve_splits(data_cfg, skipped)
-  builder = builder_of(data_cfg, resolved=splits)
+  builder = builder_of(data_cfg, data_dir=data_dir, resolved=splits)
   builder.skipped = skipped
   logging.info('Building %s/%s into %s', data_cfg.name, builder.builder_config.name,
                builder.data_dir)
@@ -105,22 +135,34 @@ def prepare(data_cfg) -> None:
     path = epath.Path(builder.data_dir) / 'skipped.txt'
     path.write_text('\n'.join(builder.skipped) + '\n')
     logging.warning('Skipped %d bad examples; listed in %s', len(builder.skipped), path)
+  return os.fspath(builder.data_dir)
 
 
 _BUILT: dict[tuple, tfds.core.DatasetBuilder] = {}
 
 
 def _built_builder(data_cfg):
-  """The builder of an already built dataset (cached: instantiating one reads JSON and logs)."""
+  """The builder of an already built dataset (cached: instantiating one reads JSON and logs).
+
+  For a remote `data.data_dir`, the builder of this host's local copy, staged here.
+  """
   cfg = builder_config_of(data_cfg)
   key = (_data_dir(data_cfg), data_cfg.name, cfg.name)
   if key not in _BUILT:
     builder = builder_of(data_cfg)
     if not _is_built(builder):
-      raise DataError(f'{data_cfg.name}/{cfg.name} is not built in {builder.data_dir}; call '
-                      'diffmic_jax.data.prepare(config.data) first')
-    _BUILT[key] = builder
+      raise DataError(f'{data_cfg.name}/{cfg.name} is not built in {builder.data_dir} (no '
+                      'dataset_info.json); call diffmic_jax.data.prepare(config.data) first')
+    _BUILT[key] = _staged(data_cfg, builder) if staging.is_remote(key[0]) else builder
   return _BUILT[key]
+
+
+def _staged(data_cfg, remote: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Copies a remote build to this host once (see `staging.py`); returns the local builder."""
+  root = staging.cache_dir(_data_dir(data_cfg))
+  shards = [f for split in remote.info.splits.values() for f in split.filenames]
+  staging.download(os.fspath(remote.data_dir), os.path.join(root, _relative_dir(data_cfg)), shards)
+  return builder_of(data_cfg, data_dir=root)
 
 
 def data_source(data_cfg, split: str):
@@ -135,17 +177,15 @@ def num_examples(data_cfg, split: str) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _labels(data_dir: str, name: str, config: str, split: str) -> np.ndarray:
-  builder = tfds.builder_from_directory(os.path.join(data_dir, name, config, VERSION))
+def _labels(built_dir: str, split: str) -> np.ndarray:
+  builder = tfds.builder_from_directory(built_dir)
   src = builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
   return np.asarray([r['label'] for r in src.__getitems__(range(len(src)))], np.int64)
 
 
-
 def labels_of(data_cfg, split: str) -> np.ndarray:
   """All labels of a split, in source order (cached)."""
-  builder = _built_builder(data_cfg)
-  return _labels(_data_dir(data_cfg), data_cfg.name, builder.builder_config.name, split)
+  return _labels(os.fspath(_built_builder(data_cfg).data_dir), split)
 
 
 def num_classes_of(data_cfg) -> int:
