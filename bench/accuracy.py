@@ -8,6 +8,11 @@ the diffusion (mean probability), with the protocol line of the runs:
     python bench/accuracy.py --config=configs/demo.py --seeds=0,1,2 --workdir=/tmp/acc \
         [--override=train.epochs=40 --override=model.width=64 ...]
 
+`--resample=truncated,matched,full` then re-evaluates each seed's validation-chosen checkpoint with
+each of those samplers on the validation split and on --split (`--mode=evaluate`; the training
+run's own reports are kept in `reports_train/`), and summarises them per sampler: the validation
+columns are where a sampler may honestly be chosen.
+
 Writes bench/results/accuracy_<name>.json (or --out). Long: run it in the background with a log.
 A seed whose run fails is reported with its log's path and left out of the summary, never hidden.
 """
@@ -16,6 +21,7 @@ import argparse
 import concurrent.futures
 import json
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +46,8 @@ def prepare(args) -> None:
 def run_seed(args, seed: int) -> dict | None:
   work = pathlib.Path(args.workdir) / f'seed{seed}'
   report = work / 'reports' / f'{args.split}.json'
+  if (work / 'reports_train').exists():  # Re-sampled earlier: the training run's report is here.
+    report = work / 'reports_train' / f'{args.split}.json'
   if not report.exists():
     log_path = pathlib.Path(args.workdir) / f'seed{seed}.log'
     with open(log_path, 'w') as log:
@@ -49,6 +57,21 @@ def run_seed(args, seed: int) -> dict | None:
       print(f'seed {seed} failed (exit {done.returncode}); see {log_path}', flush=True)
       return None
   return json.loads(report.read_text())
+
+
+def resample(args, seed: int, sampler: str) -> dict[str, dict]:
+  """A finished seed's chosen checkpoint evaluated with `sampler` on the validation and --split."""
+  work = pathlib.Path(args.workdir) / f'seed{seed}'
+  saved = work / f'reports_{sampler}'
+  if not saved.exists():
+    if not (work / 'reports_train').exists():
+      shutil.copytree(work / 'reports', work / 'reports_train')
+    cmd = _main_cmd(args, work, '--mode=evaluate', '--checkpoint=best', f'--config.seed={seed}') + [
+        f'--config.eval.sampler={sampler}', f"--config.eval.splits=('{args.val_split}','{args.split}')"]
+    with open(pathlib.Path(args.workdir) / f'seed{seed}_{sampler}.log', 'w') as log:
+      subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+    shutil.copytree(work / 'reports', saved)
+  return {split: json.loads((saved / f'{split}.json').read_text()) for split in (args.val_split, args.split)}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -72,6 +95,8 @@ def main():
   p.add_argument('--name', default=None)
   p.add_argument('--parallel', type=int, default=1, help='seeds run at once')
   p.add_argument('--out', default=None, help='JSON path (default bench/results/accuracy_<name>.json)')
+  p.add_argument('--resample', default='', help='samplers to re-evaluate the chosen checkpoints with')
+  p.add_argument('--val_split', default='validation')
   args = p.parse_args()
   pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
   prepare(args)
@@ -91,12 +116,24 @@ def main():
   for m in METRICS:
     cells = [f"{summary[w][m]['mean']:.4f} ± {summary[w][m]['std']:.4f}" for w in ('dcg', 'diffusion', 'vote')]
     print(f'{m:20s} ' + ' '.join(f'{c:>18s}' for c in cells))
+  by_sampler = {}
+  for sampler in [x for x in args.resample.split(',') if x]:
+    per_seed = [resample(args, s, sampler) for s in seeds]
+    by_sampler[sampler] = {split: summarise([r[split] for r in per_seed])
+                           for split in (args.val_split, args.split)}
+  if by_sampler:
+    print(f"\n{'diffusion, by sampler':22s} {args.val_split + ' acc':>18s} {args.split + ' acc':>18s} "
+          f"{'macro_f1':>18s} {'kappa_quadratic':>18s} {'auc_ovr_macro':>18s}")
+    for sampler, res in by_sampler.items():
+      cells = [res[args.val_split]['diffusion']['accuracy']] + [
+          res[args.split]['diffusion'][m] for m in ('accuracy', 'macro_f1', 'kappa_quadratic', 'auc_ovr_macro')]
+      print(f'{sampler:22s} ' + ' '.join(f"{c['mean']:.4f} ± {c['std']:.4f}".rjust(18) for c in cells))
   name = args.name or pathlib.Path(args.config.split(':')[0]).stem
   out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'accuracy_{name}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({'config': args.config, 'overrides': args.override, 'split': args.split,
                              'seeds': seeds, 'failed_seeds': failed, 'protocol': results[0]['protocol'],
-                             'summary': summary}, indent=2))
+                             'summary': summary, 'by_sampler': by_sampler}, indent=2))
   print(f'wrote {out}')
 
 

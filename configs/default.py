@@ -88,8 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- evaluation / sampling ----
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 32
-  c.eval.sampler = 'truncated'  # full (T-step) | truncated (official test chain) | matched | ddim.
-  c.eval.num_steps = 60  # truncated: last n steps of the T schedule; ddim: respaced steps.
+  # full (T-step) | truncated (the official test chain: last num_steps steps from unit noise) |
+  # matched (the same steps from their own noise level; README: 'Test-time chain') | ddim.
+  c.eval.sampler = 'matched'
+  c.eval.num_steps = 60  # truncated / matched: last n steps of the T schedule; ddim: respaced steps.
   c.eval.val_sampler = 'ddim'  # Sampler used for in-training validation (cheap).
   c.eval.val_num_steps = 10
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.

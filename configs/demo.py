@@ -42,7 +42,7 @@ def get_config(arg: str = ''):
   c.train.ema_decay = 0.999
 
   c.eval.batch_size = 200
-  c.eval.sampler = 'truncated'
+  c.eval.sampler = 'matched'
   c.eval.num_steps = 100
   c.eval.val_sampler = 'ddim'
   c.eval.val_num_steps = 10

@@ -31,7 +31,7 @@ def get_config(arg: str = ''):
   c.train.batch_size = 64
   c.train.dcg_pretrain_epochs = 15
   c.train.epochs = 1000
-  c.eval.sampler = 'truncated'
+  c.eval.sampler = 'matched'  # Last 250 steps; 'truncated' is the published protocol.
   c.eval.num_steps = 250
   c.eval.batch_size = 64
   return c
