@@ -92,8 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
   # matched (the same steps from their own noise level; README: 'Test-time chain') | ddim.
   c.eval.sampler = 'matched'
   c.eval.num_steps = 60  # truncated / matched: last n steps of the T schedule; ddim: respaced steps.
-  c.eval.val_sampler = 'ddim'  # Sampler used for in-training validation (cheap).
-  c.eval.val_num_steps = 10
+  # In-training validation (checkpoint selection), 1 sample per image. '' and -1: the test chain
+  # above, so that the checkpoint is chosen by the metric that is reported.
+  c.eval.val_sampler = ''
+  c.eval.val_num_steps = -1
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.

@@ -44,8 +44,6 @@ def get_config(arg: str = ''):
   c.eval.batch_size = 200
   c.eval.sampler = 'matched'
   c.eval.num_steps = 100
-  c.eval.val_sampler = 'ddim'
-  c.eval.val_num_steps = 10
   c.eval.num_samples = 4
   c.eval.splits = ('test',)
 
