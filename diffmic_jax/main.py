@@ -58,9 +58,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if jax.process_index() == 0:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local, or gs:// through gcsfs.
-    (epath.Path(workdir) / f'config_{flags.FLAGS.mode}.json').write_text(
-        config.to_json_best_effort(indent=2))
+    out = epath.Path(workdir)  # Local, or gs:// through gcsfs.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f'config_{flags.FLAGS.mode}.json').write_text(config.to_json_best_effort(indent=2))
     data.prepare(config.data)  # Builds the TFDS dataset once; other processes wait below.
   inference.sync('prepared')
   logging.info('config:\n%s', config)

@@ -23,10 +23,7 @@ import jax
 import numpy as np
 from etils import epath
 
-
-def is_local(path) -> bool:
-  """True for a local path; False for a URL such as gs://bucket/run."""
-  return '://' not in os.fspath(path)
+from diffmic_jax.data import staging
 
 
 class MetricWriter:
@@ -35,7 +32,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = self._tb = self._tb_local = None
     self._flush_secs, self._last_flush = flush_secs, time.monotonic()
-    self._local = is_local(workdir)
+    self._local = not staging.is_remote(workdir)
     if not self.enabled:
       return
     self._dir = epath.Path(workdir)

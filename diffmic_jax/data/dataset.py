@@ -47,7 +47,7 @@ def builder_config_of(data_cfg) -> DiffmicConfig:
 
 def _data_dir(data_cfg) -> str:
   path = os.path.expanduser(data_cfg.data_dir)
-  return path if '://' in path else os.path.abspath(path)
+  return path if staging.is_remote(path) else os.path.abspath(path)
 
 
 def _relative_dir(data_cfg) -> str:
