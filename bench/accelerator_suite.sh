@@ -39,6 +39,8 @@ part 55 train_speed_resnet18 "$PY" bench/train_speed.py --dcg_backbone=resnet18 
   --no-parts --data_root="$DATA_ROOT" --out="$R/train_speed_resnet18.json"
 part 90 sampling_speed "$PY" bench/sampling_speed.py --repeats=3 --data_root="$DATA_ROOT" \
   --out="$R/sampling_speed.json"
+# conv.py's matmul forms were chosen on CPU; this shows whether they cost anything here.
+part 60 conv_kernels "$PY" bench/conv_kernels.py --out="$R/conv_kernels.json"
 if [ -n "${OFFICIAL_DIR:-}" ]; then
   part 120 official_speed "$PY" bench/official_speed.py --official_dir="$OFFICIAL_DIR" \
     --data_root="$DATA_ROOT" --out="$R/official_speed.json"

@@ -3,8 +3,10 @@
 Official model sizes at 224 px on real APTOS images (random weights): DCG backbones ResNet50 (as
 the official code) or ResNet18, epsilon network ResNet18 + 6144-wide head. Reports compile time,
 steady-state seconds per step (median of --steps), images/s, peak resident memory of the process
-(CPU; device peak on GPU/TPU), and a profile of the joint step by part (DCG eval forward, epsilon
-network forward+backward with its three head passes, DCG update).
+(CPU; device peak on GPU/TPU), XLA's buffer sizes for each step (arguments: state and batch;
+outputs; temporaries: activations and gradients; on CPU the process peak adds both compiled
+programs, the non-donated second state and the runtime), and a profile of the joint step by part
+(DCG eval forward, epsilon network forward+backward with its three head passes, DCG update).
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
 
@@ -41,21 +43,28 @@ def real_batch(data_root: pathlib.Path, batch: int):
   return {'image': images, 'label': np.arange(batch, dtype=np.int32) % 5}
 
 
-def timed(fn, *args, steps: int):
-  """(compile seconds, list of per-step seconds) for a jitted fn whose first output is the state."""
+def timed(fn, *args, steps: int, threaded: bool = False):
+  """(compile seconds, per-step seconds, XLA buffer sizes in GB, last output) for a jitted fn.
+
+  threaded: fn is a train step (state, ...) -> (state, metrics) jitted with the state donated, as
+  train.py runs it; each call gets the previous call's state.
+  """
   import jax
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
-  out = compiled(*args)
-  jax.block_until_ready(out)
+  analysis = compiled.memory_analysis()
+  buffers = {k: getattr(analysis, f'{k}_size_in_bytes') / 2**30
+             for k in ('argument', 'output', 'temp', 'alias')} if analysis else {}
   times = []
-  for _ in range(steps):
+  for i in range(steps + 1):  # The first call is a warm-up.
     t0 = time.perf_counter()
     out = compiled(*args)
     jax.block_until_ready(out)
     times.append(time.perf_counter() - t0)
-  return compile_s, times
+    if threaded:
+      args = (out[0], *args[1:])
+  return compile_s, times[1:], buffers, out
 
 
 def run(args) -> dict:
@@ -79,14 +88,15 @@ def run(args) -> dict:
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
-  joint = jax.jit(functools.partial(train_steps.joint_step, models))
-  pre = jax.jit(functools.partial(train_steps.dcg_pretrain_step, models))
+  joint = jax.jit(functools.partial(train_steps.joint_step, models), donate_argnums=0)
+  pre = jax.jit(functools.partial(train_steps.dcg_pretrain_step, models), donate_argnums=0)
   # The joint step first: it is the headline figure, and on an accelerator whose compiler
   # autotunes every convolution, a capped run should still produce it.
-  for name, fn, fargs in [('joint', joint, (state, batch, key)), ('dcg_pretrain', pre, (state, batch))]:
-    c, t = timed(fn, *fargs, steps=args.steps)
+  for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
+    fargs = (state, batch, key) if name == 'joint' else (state, batch)
+    c, t, buffers, (state, _) = timed(fn, *fargs, steps=args.steps, threaded=True)
     res[name] = {'compile_s': c, 'step_s': statistics.median(t), 'all_s': t,
-                 'img_s': args.batch / statistics.median(t)}
+                 'img_s': args.batch / statistics.median(t), 'xla_buffers_gb': buffers}
     print(f"{name}: compile {c:.1f} s, {res[name]['step_s']:.4f} s/step, {res[name]['img_s']:.1f} img/s",
           flush=True)
 
@@ -109,7 +119,7 @@ def run(args) -> dict:
                           ('eps_forward_backward', eps_grad,
                            (state.eps.params, state, images, batch['label'], pri, key)),
                           ('dcg_update', dcg_upd, (state, images, batch['label']))]:
-    _, t = timed(fn, *fargs, steps=max(2, args.steps // 2))
+    _, t, _, _ = timed(fn, *fargs, steps=max(2, args.steps // 2))
     parts[name] = statistics.median(t)
   res['joint_parts_s'] = parts
   return res
@@ -124,6 +134,9 @@ def table(r: dict) -> str:
                  f"{off:10.1f} {off / m['step_s']:7.2f}x")
   lines.append(f"peak memory: {r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}); official "
                f"{OFFICIAL['joint_peak_gb']} GB")
+  for name in ('joint', 'dcg_pretrain'):
+    lines.append(f"{name} step, XLA's buffers (GB): " + ', '.join(
+        f'{k} {v:.2f}' for k, v in r[name]['xla_buffers_gb'].items()))
   lines.append('joint step parts (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in r['joint_parts_s'].items()))
   return '\n'.join(lines)
 

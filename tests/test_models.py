@@ -141,3 +141,43 @@ def test_epsilon_net_forward_and_encode_head_split(size, small_stem, prior_input
   assert emb.shape == (51, 32) and float(emb.min()) >= 0.0 and float(emb.max()) <= 1.0
   with pytest.raises(ValueError, match='prior'):
     model.apply(variables, x, y_t, (pr,) * 3 if prior_input == 'fused' else pr[0], t)
+
+
+# Each case exercises one of conv.Conv's forms: 1x1 as a matmul (strided or not), 3x3 with an output
+# of <= 4 pixels as patches-times-kernel, and XLA's convolution otherwise.
+@pytest.mark.parametrize('kernel,stride,size', [
+    (1, 1, 5), (1, 2, 7), (3, 1, 2), (3, 2, 4), (3, 1, 1), (3, 2, 2), (3, 1, 6), (3, 2, 9),
+    (7, 2, 11)])
+def test_conv_matches_flax_conv_values_and_gradients(kernel, stride, size):
+  import flax.linen as nn
+  from diffmic_jax.models import conv
+  pad = (kernel - 1) // 2
+  ours = conv.Conv(8, kernel, stride)
+  ref = nn.Conv(8, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2, use_bias=False,
+                kernel_init=conv.kaiming_fan_out)
+  x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
+  v_ours, v_ref = ours.init(jax.random.key(0), x), ref.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(v_ours['params']['kernel'], v_ref['params']['kernel'])
+  y_ours, y_ref = ours.apply(v_ours, x), ref.apply(v_ref, x)
+  assert y_ours.shape == y_ref.shape
+  np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+  cot = jax.random.normal(jax.random.key(2), y_ref.shape)
+  grad = lambda m: jax.grad(lambda v, x: jnp.vdot(m.apply(v, x), cot), argnums=(0, 1))
+  (gv_ours, gx_ours), (gv_ref, gx_ref) = grad(ours)(v_ours, x), grad(ref)(v_ref, x)
+  np.testing.assert_allclose(gv_ours['params']['kernel'], gv_ref['params']['kernel'], rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(gx_ours, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('size', [1, 2, 7, 12])
+def test_stem_max_pool_matches_reduce_window(size):
+  import flax.linen as nn
+  from diffmic_jax.models import conv
+  pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+  # After the stem's ReLU, as in the ResNet: zeros tie, positive values do not.
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+  np.testing.assert_array_equal(conv.max_pool_3x3_s2(jax.nn.relu(x)), pool(jax.nn.relu(x)))
+  cot = jax.random.normal(jax.random.key(1), pool(x).shape)
+  grad = lambda p: jax.grad(lambda x: jnp.vdot(p(jax.nn.relu(x)), cot))(x)
+  np.testing.assert_array_equal(grad(conv.max_pool_3x3_s2), grad(pool))
+

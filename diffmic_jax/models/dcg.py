@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffmic_jax.models import resnet
+from diffmic_jax.models import conv, resnet
 
 
 def top_t_percent_mean(saliency: jax.Array, t: float) -> jax.Array:
@@ -106,8 +106,9 @@ class DCG(nn.Module):
   def __call__(self, images, train: bool = False):
     trunk = dict(small_stem=self.small_stem, width=self.width, dtype=self.dtype)
     fmap = resnet.backbone(self.backbone, output='map', name='global_net', **trunk)(images, train)
-    saliency = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
-                       name='saliency_conv')(fmap).astype(jnp.float32)
+    saliency = conv.Conv(self.num_classes, 1, kernel_init=nn.initializers.lecun_normal(),
+                         dtype=self.dtype, name='saliency_conv')(fmap)
+    saliency = saliency.astype(jnp.float32)
     logits_global = top_t_percent_mean(saliency, self.top_t_percent)
 
     grid = saliency.shape[1:3]

@@ -15,20 +15,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-# torchvision initialises convs with kaiming_normal(mode='fan_out', nonlinearity='relu').
-_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from diffmic_jax.models import conv
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
   # torchvision BatchNorm2d: momentum 0.1 (Flax's 0.9), eps 1e-5.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
-
-
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
-                 use_bias=False, kernel_init=_conv_init, dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -40,9 +33,9 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = conv.Conv(self.features, 3, self.stride, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = conv.Conv(self.features, 3, 1, dtype=self.dtype, name='conv2')(y)
     y = _batch_norm(train, self.dtype, 'bn2')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -56,11 +49,11 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = conv.Conv(self.features, 1, 1, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = _conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = conv.Conv(self.features, 3, self.stride, dtype=self.dtype, name='conv2')(y)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
-    y = _conv(self.features * 4, 1, 1, self.dtype, 'conv3')(y)
+    y = conv.Conv(self.features * 4, 1, 1, dtype=self.dtype, name='conv3')(y)
     y = _batch_norm(train, self.dtype, 'bn3')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -70,7 +63,7 @@ def _shortcut(block: nn.Module, x, train: bool):
   out_features = block.features * block.expansion
   if block.stride == 1 and x.shape[-1] == out_features:
     return x
-  y = _conv(out_features, 1, block.stride, block.dtype, 'downsample_conv')(x)
+  y = conv.Conv(out_features, 1, block.stride, dtype=block.dtype, name='downsample_conv')(x)
   return _batch_norm(train, block.dtype, 'downsample_bn')(y)
 
 
@@ -99,12 +92,12 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet.output must be 'map', 'pooled' or 'logits', got {self.output!r}")
     x = x.astype(self.dtype)
     if self.small_stem:
-      x = _conv(self.width, 3, 1, self.dtype, 'conv1')(x)
+      x = conv.Conv(self.width, 3, 1, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     else:
-      x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
+      x = conv.Conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+      x = conv.max_pool_3x3_s2(x)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
