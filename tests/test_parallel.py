@@ -57,23 +57,38 @@ def test_eight_devices_equal_one_parameters(setup):
   assert jax.device_count() == 8, 'tests/conftest.py forces 8 CPU devices'
   one = _run(config, sgd, batch, jax.devices()[:1], joint_steps=1)
   eight = _run(config, sgd, batch, jax.devices(), joint_steps=1)
+  # How far float noise alone moves this tiny net: the same 1-device run with the lowest bit of one
+  # uint8 pixel flipped. Its BatchNorm-heavy trunks amplify input changes (measured: that flip moved
+  # the epsilon encoder's BatchNorm updates by up to 4e-3 and the DCG local stream's by 1.1e-2), so
+  # reduction-order rounding that differs between 1 and 8 devices can exceed the fixed bounds
+  # below for reasons that have nothing to do with the sharding (it did once 1x1 convs became
+  # matmuls). Each bound is the fixed one or twice this run's own sensitivity, whichever is larger;
+  # the sharding bugs this test exists for move updates by 100-800%.
+  nudged = dict(batch, image=np.array(batch['image']))
+  nudged['image'][0, 0, 0, 0] ^= 1
+  noise = _run(config, sgd, nudged, jax.devices()[:1], joint_steps=1)
   _assert_metrics_equal(one[1], eight[1], ['dcg_ce'])
   _assert_metrics_equal(one[1][1:], eight[1][1:], ['loss', 'mse', 'mmd_global', 'mmd_local'])
   # The norm sums ~10^4 squared float32 gradients reduced in another order: 1.3e-5 apart here.
-  _assert_metrics_equal(one[1][1:], eight[1][1:], ['grad_norm'], rtol=1e-4)
+  norm_noise = abs(noise[1][1]['grad_norm'] / one[1][1]['grad_norm'] - 1)
+  _assert_metrics_equal(one[1][1:], eight[1][1:], ['grad_norm'], rtol=max(1e-4, 2 * norm_noise))
   # Each parameter's update (new - initial) must agree. Per-device BatchNorm statistics, local
   # (un-reduced) gradients or an 8x sum put them 100-800% apart; float32 order, ~1e-5.
   init = jax.device_get(train.initial_state(config, sgd, parallel.make_mesh(jax.devices()[:1])))
-  total_diff = total = 0.0
-  for (path, a), b, p0 in zip(jax.tree_util.tree_leaves_with_path(one[0].dcg.params)
-                              + jax.tree_util.tree_leaves_with_path(one[0].eps.params),
-                              jax.tree.leaves(eight[0].dcg.params) + jax.tree.leaves(eight[0].eps.params),
-                              jax.tree.leaves(init.dcg.params) + jax.tree.leaves(init.eps.params)):
-    u1, u8 = np.asarray(a) - p0, np.asarray(b) - p0
-    diff, size = np.linalg.norm(u1 - u8), np.linalg.norm(u1)
-    assert diff <= 1e-3 * size + 1e-6, (jax.tree_util.keystr(path), diff, size)
+  total_diff = total = total_noise = 0.0
+  params = lambda run: jax.tree.leaves(run[0].dcg.params) + jax.tree.leaves(run[0].eps.params)
+  for (path, a), b, n, p0 in zip(jax.tree_util.tree_leaves_with_path(one[0].dcg.params)
+                                 + jax.tree_util.tree_leaves_with_path(one[0].eps.params),
+                                 params(eight), params(noise),
+                                 jax.tree.leaves(init.dcg.params) + jax.tree.leaves(init.eps.params)):
+    u1, u8, un = np.asarray(a) - p0, np.asarray(b) - p0, np.asarray(n) - p0
+    diff, size, leaf_noise = np.linalg.norm(u1 - u8), np.linalg.norm(u1), np.linalg.norm(u1 - un)
+    assert diff <= max(1e-3 * size, 2 * leaf_noise) + 1e-6, (
+        jax.tree_util.keystr(path), diff, size, leaf_noise)
     total_diff, total = total_diff + diff**2, total + size**2
-  assert np.sqrt(total_diff) <= 1e-4 * np.sqrt(total), (np.sqrt(total_diff), np.sqrt(total))
+    total_noise += leaf_noise**2
+  assert np.sqrt(total_diff) <= max(1e-4 * np.sqrt(total), 2 * np.sqrt(total_noise)), (
+      np.sqrt(total_diff), np.sqrt(total), np.sqrt(total_noise))
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one[0].eps.batch_stats),
                           jax.tree.leaves(eight[0].eps.batch_stats)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
