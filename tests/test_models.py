@@ -2,11 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffmic_jax.models import DCG, EpsilonNet, backbone, dcg, priors
+from diffmic_jax.models import DCG, EpsilonNet, backbone, conv, dcg, priors
 
 
 def _count(variables):
@@ -149,8 +150,6 @@ def test_epsilon_net_forward_and_encode_head_split(size, small_stem, prior_input
     (1, 1, 5), (1, 2, 7), (3, 1, 2), (3, 2, 4), (3, 1, 1), (3, 2, 2), (3, 1, 6), (3, 2, 9),
     (7, 2, 11)])
 def test_conv_matches_flax_conv_values_and_gradients(kernel, stride, size):
-  import flax.linen as nn
-  from diffmic_jax.models import conv
   pad = (kernel - 1) // 2
   ours = conv.Conv(8, kernel, stride)
   ref = nn.Conv(8, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2, use_bias=False,
@@ -171,8 +170,6 @@ def test_conv_matches_flax_conv_values_and_gradients(kernel, stride, size):
 
 @pytest.mark.parametrize('size', [1, 2, 7, 12])
 def test_stem_max_pool_matches_reduce_window(size):
-  import flax.linen as nn
-  from diffmic_jax.models import conv
   pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
   # After the stem's ReLU, as in the ResNet: zeros tie, positive values do not.
   x = jax.random.normal(jax.random.key(0), (2, size, size, 4))

@@ -76,11 +76,10 @@ def test_eight_devices_equal_one_parameters(setup):
   # (un-reduced) gradients or an 8x sum put them 100-800% apart; float32 order, ~1e-5.
   init = jax.device_get(train.initial_state(config, sgd, parallel.make_mesh(jax.devices()[:1])))
   total_diff = total = total_noise = 0.0
-  params = lambda run: jax.tree.leaves(run[0].dcg.params) + jax.tree.leaves(run[0].eps.params)
+  params = lambda state: jax.tree.leaves(state.dcg.params) + jax.tree.leaves(state.eps.params)
   for (path, a), b, n, p0 in zip(jax.tree_util.tree_leaves_with_path(one[0].dcg.params)
                                  + jax.tree_util.tree_leaves_with_path(one[0].eps.params),
-                                 params(eight), params(noise),
-                                 jax.tree.leaves(init.dcg.params) + jax.tree.leaves(init.eps.params)):
+                                 params(eight[0]), params(noise[0]), params(init)):
     u1, u8, un = np.asarray(a) - p0, np.asarray(b) - p0, np.asarray(n) - p0
     diff, size, leaf_noise = np.linalg.norm(u1 - u8), np.linalg.norm(u1), np.linalg.norm(u1 - un)
     assert diff <= max(1e-3 * size, 2 * leaf_noise) + 1e-6, (

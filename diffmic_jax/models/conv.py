@@ -5,7 +5,7 @@ XLA's CPU backend hands every convolution to one generic kernel, which is quick 
 224 px) and 192 (local stream, 32 px tiles) by `python bench/conv_kernels.py`
 (bench/results/conv_kernels.json):
 
-- 1x1 convolutions: 1.7-4x slower than the same product as a matmul, forward plus both
+- 1x1 convolutions: 1.7-4.2x slower than the same product as a matmul, forward plus both
   gradients (56x56, 64 -> 256 channels: forward 94 vs 48 ms, kernel gradient 346 vs 55 ms). About
   half of ResNet50's FLOPs are in 1x1 convolutions.
 - 3x3 convolutions whose output is 2x2 or smaller, i.e. the local stream's 32 px tiles in ResNet
@@ -52,10 +52,9 @@ class Conv(nn.Module):
     pad = (k - 1) // 2
     if k == 1:
       return _matmul(x[:, ::s, ::s], w)
-    out_h = (x.shape[1] + 2 * pad - k) // s + 1
-    out_w = (x.shape[2] + 2 * pad - k) // s + 1
-    if out_h * out_w <= _PATCH_MAX_PIXELS:
-      return _matmul(_patches(x, k, s, pad, out_h, out_w), w)
+    if _out_size(x.shape[1], k, s, pad) * _out_size(x.shape[2], k, s, pad) <= _PATCH_MAX_PIXELS:
+      patches = jnp.concatenate(_windows(x, k, s, pad, 0.0), axis=-1)  # tap-major, as HWIO
+      return _matmul(patches, w)
     return jax.lax.conv_general_dilated(x, w, (s, s), [(pad, pad), (pad, pad)],
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -66,12 +65,19 @@ def _matmul(x, w):
   return (x.reshape(-1, x.shape[-1]) @ w.reshape(-1, w.shape[-1])).reshape(*lead, w.shape[-1])
 
 
-def _patches(x, k, s, pad, out_h, out_w):
-  """(B, out_h, out_w, k*k*C): the k*k shifted strided views, tap-major as in HWIO."""
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  views = [x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
-           for i in range(k) for j in range(k)]
-  return jnp.concatenate(views, axis=-1)
+def _out_size(n, k, s, pad):
+  return (n + 2 * pad - k) // s + 1
+
+
+def _windows(x, k, s, pad, pad_value):
+  """The k*k views (B, out_h, out_w, C) of x padded by `pad`, one per kernel tap, row-major.
+
+  View (i, j) holds, for every output pixel, the input under tap (i, j) of its k x k window.
+  """
+  out_h, out_w = (_out_size(n, k, s, pad) for n in x.shape[1:3])
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=pad_value)
+  return [x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
+          for i in range(k) for j in range(k)]
 
 
 def max_pool_3x3_s2(x):
@@ -81,8 +87,4 @@ def max_pool_3x3_s2(x):
   them rather than given to one; after the stem's ReLU such ties are zeros, whose ReLU gradient is
   zero either way (gradients equal in float64, tests/test_models.py).
   """
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-  views = [padded[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i in range(3) for j in range(3)]
-  return functools.reduce(jnp.maximum, views)
+  return functools.reduce(jnp.maximum, _windows(x, 3, 2, 1, -jnp.inf))
