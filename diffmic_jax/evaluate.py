@@ -20,17 +20,13 @@ from diffmic_jax.train_state import Models
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-  method: str  # full | truncated | matched | ddim (see sampling.py)
+  method: str  # one of sampling.METHODS
   num_steps: int
   num_samples: int
 
   def describe(self, num_timesteps: int) -> str:
-    steps = {'full': f'full {num_timesteps}-step ancestral chain',
-             'truncated': f'official truncated chain (last {self.num_steps} of {num_timesteps} steps)',
-             'matched': f'truncated chain with matched start (last {self.num_steps} of {num_timesteps} '
-                        'steps, from the prior at their noise level)',
-             'ddim': f'deterministic respaced chain, {self.num_steps} steps'}[self.method]
-    return f'{steps}; {self.num_samples} sample(s) per image'
+    return (f'{sampling.describe(self.method, self.num_steps, num_timesteps)}; '
+            f'{self.num_samples} sample(s) per image')
 
 
 def make_predict_fn(models: Models, spec: SamplerSpec):

@@ -28,7 +28,22 @@ import numpy as np
 
 from diffmic_jax.diffusion import CARDSchedule
 
-METHODS = ('full', 'truncated', 'matched', 'ddim')
+# What each sampler is, as reports print it ({n}: num_steps, {T}: the schedule's timesteps).
+_DESCRIPTIONS = {
+    'full': 'full {T}-step ancestral chain',
+    'truncated': 'official truncated chain (last {n} of {T} steps)',
+    'matched': 'truncated chain with matched start (last {n} of {T} steps, from the prior at their '
+               'noise level)',
+    'ddim': 'deterministic respaced chain, {n} steps',
+}
+METHODS = tuple(_DESCRIPTIONS)
+
+
+def describe(method: str, num_steps: int, num_timesteps: int) -> str:
+  """One line naming the sampler and its steps, for reports and logs."""
+  if method not in _DESCRIPTIONS:
+    raise ValueError(f'sampler must be one of {METHODS}, got {method!r}')
+  return _DESCRIPTIONS[method].format(n=num_steps, T=num_timesteps)
 
 # eps_fn(y_t (N, K), t scalar int) -> eps (N, K), with the image features and priors bound.
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
