@@ -69,13 +69,29 @@ def initial_state(config, models: train_state.Models, mesh):
   return jax.device_put(state, parallel.replicated(mesh))
 
 
+def xla_options() -> dict:
+  """XLA options for the train steps: on CPU, the memory-optimised instruction scheduler.
+
+  XLA's CPU default, the concurrency-optimised scheduler, starts work as soon as its inputs exist.
+  In a train step that means the backward pass's gradient-independent work (BatchNorm's x_hat) runs
+  during the forward pass and stays alive until the backward pass, and the DCG update's forward
+  pass runs beside the epsilon network's backward pass. On the ResNet50 joint step at 224 px that
+  doubled XLA's temporaries (6.1 GB against 2.7 GB) and bought no speed (README, Benchmarks >
+  Memory). Other backends have their own schedulers and get no options.
+  """
+  if jax.default_backend() == 'cpu':
+    return {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
+  return {}
+
+
 def compiled_steps(models, mesh):
   """The two train steps, jitted once: state replicated and donated, batch sharded on 'data'."""
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  options = xla_options()
   pretrain = jax.jit(functools.partial(dcg_pretrain_step, models), donate_argnums=0,
-                     in_shardings=(rep, shard), out_shardings=(rep, rep))
+                     in_shardings=(rep, shard), out_shardings=(rep, rep), compiler_options=options)
   joint = jax.jit(functools.partial(joint_step, models), donate_argnums=0,
-                  in_shardings=(rep, shard, rep), out_shardings=(rep, rep))
+                  in_shardings=(rep, shard, rep), out_shardings=(rep, rep), compiler_options=options)
   return pretrain, joint
 
 

@@ -109,14 +109,8 @@ def joint_step(models: Models, state: TrainState, batch: dict, key):
   eps = NetState(params, eps_stats, opt_state)
   ema = _ema(models, state.ema_params, params, state.joint_steps)
 
-  # The DCG update does not depend on the epsilon update, and XLA would run its forward pass
-  # before the epsilon network's backward pass and hold both networks' activations at once. Adding
-  # a zero that XLA cannot prove zero (it depends on the gradient) orders them: the peak is then
-  # the larger of the two, not their sum.
-  grad_norm = optax.tree.norm(grads)
-  after_eps = jnp.nan_to_num(grad_norm) * 0.0
-  dcg, dcg_metrics = _dcg_update(models, state.dcg, images + after_eps, labels)
-  metrics.update(dcg_metrics, grad_norm=grad_norm,
+  dcg, dcg_metrics = _dcg_update(models, state.dcg, images, labels)
+  metrics.update(dcg_metrics, grad_norm=optax.tree.norm(grads),
                  eps_lr=models.eps_lr(state.joint_steps))
   return state.replace(step=state.step + 1, joint_steps=state.joint_steps + 1, dcg=dcg, eps=eps,
                        ema_params=ema), metrics

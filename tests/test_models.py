@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffmic_jax.models import DCG, EpsilonNet, backbone, conv, dcg, norm, priors
+from diffmic_jax.models import DCG, EpsilonNet, backbone, conv, dcg, priors
 
 
 def _count(variables):
@@ -178,52 +178,3 @@ def test_stem_max_pool_matches_reduce_window(size):
   grad = lambda p: jax.grad(lambda x: jnp.vdot(p(jax.nn.relu(x)), cot))(x)
   np.testing.assert_array_equal(grad(conv.max_pool_3x3_s2), grad(pool))
 
-
-
-@pytest.mark.parametrize('train', [True, False])
-def test_batch_norm_matches_flax_values_statistics_and_gradients(train):
-  kwargs = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5)
-  ours, ref = norm.BatchNorm(**kwargs), nn.BatchNorm(**kwargs)
-  x = 3 * jax.random.normal(jax.random.key(0), (4, 5, 5, 6)) + 1
-  variables = ref.init(jax.random.key(1), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
-  variables = {'params': {'scale': jnp.linspace(-1, 2, 6), 'bias': jnp.arange(6.0)},
-               'batch_stats': {'mean': jnp.full(6, 0.5), 'var': jnp.full(6, 2.0)}}
-  cot = jax.random.normal(jax.random.key(2), x.shape)
-
-  def loss(m, params, x):
-    y, new = m.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
-    return jnp.vdot(y, cot), (y, new)
-
-  grad = lambda m: jax.grad(loss, argnums=(1, 2), has_aux=True)(m, variables['params'], x)
-  (g_ours, (y_ours, s_ours)), (g_ref, (y_ref, s_ref)) = grad(ours), grad(ref)
-  np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), s_ours, s_ref)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_ours, g_ref)
-
-
-def test_batch_norm_backward_keeps_fewer_activations_than_flax():
-  """The point of norm.BatchNorm: XLA's buffers for a train step of conv-BN-ReLU layers shrink.
-
-  Fails if XLA again hoists x_hat into the forward pass (or keeps x - mean beside x).
-  """
-  class Stack(nn.Module):
-    bn: type
-
-    @nn.compact
-    def __call__(self, x):
-      for _ in range(6):
-        x = conv.Conv(32, 3, 1)(x)
-        x = nn.relu(self.bn(use_running_average=False, momentum=0.9)(x))
-      return jnp.mean(x)
-
-  x = jnp.zeros((8, 32, 32, 32))
-  temp = {}
-  for name, bn in [('ours', norm.BatchNorm), ('flax', nn.BatchNorm)]:
-    model = Stack(bn)
-    variables = model.init(jax.random.key(0), x)
-    step = jax.jit(jax.grad(lambda p, x: model.apply({**variables, 'params': p}, x,
-                                                     mutable=['batch_stats'])[0]))
-    temp[name] = step.lower(variables['params'], x).compile().memory_analysis().temp_size_in_bytes
-  # Per layer: flax keeps conv output, x - mean and ReLU output (+ mask); ours drops x - mean.
-  assert temp['ours'] <= 0.8 * temp['flax'], temp
