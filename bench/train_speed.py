@@ -70,7 +70,7 @@ def timed(fn, *args, steps: int, threaded: bool = False):
 def run(args) -> dict:
   import jax
   from configs import aptos
-  from diffmic_jax import train, train_state, train_steps
+  from diffmic_jax import parallel, train, train_state, train_steps
   from diffmic_jax.data.normalize import normalize
   from diffmic_jax.models import priors as dcg_priors
 
@@ -88,12 +88,11 @@ def run(args) -> dict:
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
-  # train.py's XLA options (on CPU, the memory-optimised scheduler), for every function timed.
-  options = train.xla_options()
-  res['xla_options'] = options
-  jit = functools.partial(jax.jit, compiler_options=options)
-  joint = jit(functools.partial(train_steps.joint_step, models), donate_argnums=0)
-  pre = jit(functools.partial(train_steps.dcg_pretrain_step, models), donate_argnums=0)
+  # The steps exactly as train.py compiles them (state donated, its XLA options), on one device;
+  # the parts below get the same options.
+  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
+  res['xla_options'] = train.xla_options()
+  jit = functools.partial(jax.jit, compiler_options=res['xla_options'])
   # The joint step first: it is the headline figure, and on an accelerator whose compiler
   # autotunes every convolution, a capped run should still produce it.
   for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
