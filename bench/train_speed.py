@@ -6,7 +6,9 @@ steady-state seconds per step (median of --steps), images/s, peak resident memor
 (CPU; device peak on GPU/TPU), XLA's buffer sizes for each step (arguments: state and batch;
 outputs; temporaries: activations and gradients; on CPU the process peak adds both compiled
 programs, the non-donated second state and the runtime), and a profile of the joint step by part
-(DCG eval forward, epsilon network forward+backward with its three head passes, DCG update).
+(DCG eval forward, epsilon network forward+backward with its three head passes, DCG update),
+and each steady-state step's page faults and kernel CPU time. Like main.py, it first has glibc
+keep freed memory (host_memory.py); --no-keep_freed_memory measures glibc's default.
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
 
@@ -27,6 +29,10 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from diffmic_jax import host_memory  # noqa: E402
+
+# As main.py does, first: the process re-executes itself with glibc's settings (host_memory.py).
+KEPT = '--no-keep_freed_memory' not in sys.argv and host_memory.keep_freed_memory()
 
 # The official PyTorch code on a 2-core machine like this one (issue 7): batch 32, 224 px,
 # ResNet50 DCG, real APTOS images.
@@ -44,7 +50,9 @@ def real_batch(data_root: pathlib.Path, batch: int):
 
 
 def timed(fn, *args, steps: int, threaded: bool = False):
-  """(compile seconds, per-step seconds, XLA buffer sizes in GB, last output) for a jitted fn.
+  """(compile s, per-step s, XLA buffer sizes in GB, kernel work per step, last output) of a jit.
+
+  Kernel work: the median steady-state step's page faults and kernel CPU seconds (host_memory.py).
 
   threaded: fn is a train step (state, ...) -> (state, metrics) jitted with the state donated, as
   train.py runs it; each call gets the previous call's state.
@@ -56,15 +64,20 @@ def timed(fn, *args, steps: int, threaded: bool = False):
   analysis = compiled.memory_analysis()
   buffers = {k: getattr(analysis, f'{k}_size_in_bytes') / 2**30
              for k in ('argument', 'output', 'temp', 'alias')} if analysis else {}
-  times = []
+  times, faults, sys_s = [], [], []
   for i in range(steps + 1):  # The first call is a warm-up.
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     out = compiled(*args)
     jax.block_until_ready(out)
     times.append(time.perf_counter() - t0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    faults.append(r1.ru_minflt - r0.ru_minflt)
+    sys_s.append(r1.ru_stime - r0.ru_stime)
     if threaded:
       args = (out[0], *args[1:])
-  return compile_s, times[1:], buffers, out
+  # Page faults and kernel CPU seconds per steady-state step: what host_memory.py is about.
+  kernel = {'page_faults': statistics.median(faults[1:]), 'kernel_cpu_s': statistics.median(sys_s[1:])}
+  return compile_s, times[1:], buffers, kernel, out
 
 
 def run(args) -> dict:
@@ -97,9 +110,10 @@ def run(args) -> dict:
   # autotunes every convolution, a capped run should still produce it.
   for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
     fargs = (state, batch, key) if name == 'joint' else (state, batch)
-    c, t, buffers, (state, _) = timed(fn, *fargs, steps=args.steps, threaded=True)
+    c, t, buffers, kernel, (state, _) = timed(fn, *fargs, steps=args.steps, threaded=True)
     res[name] = {'compile_s': c, 'step_s': statistics.median(t), 'all_s': t,
-                 'img_s': args.batch / statistics.median(t), 'xla_buffers_gb': buffers}
+                 'img_s': args.batch / statistics.median(t), 'xla_buffers_gb': buffers,
+                 'kernel_per_step': kernel}
     print(f"{name}: compile {c:.1f} s, {res[name]['step_s']:.4f} s/step, {res[name]['img_s']:.1f} img/s",
           flush=True)
 
@@ -122,7 +136,7 @@ def run(args) -> dict:
                           ('eps_forward_backward', eps_grad,
                            (state.eps.params, state, images, batch['label'], pri, key)),
                           ('dcg_update', dcg_upd, (state, images, batch['label']))]:
-    _, t, _, _ = timed(fn, *fargs, steps=max(2, args.steps // 2))
+    _, t, _, _, _ = timed(fn, *fargs, steps=max(2, args.steps // 2))
     parts[name] = statistics.median(t)
   res['joint_parts_s'] = parts
   return res
@@ -140,6 +154,9 @@ def table(r: dict) -> str:
   for name in ('joint', 'dcg_pretrain'):
     lines.append(f"{name} step, XLA's buffers (GB): " + ', '.join(
         f'{k} {v:.2f}' for k, v in r[name]['xla_buffers_gb'].items()))
+    k = r[name]['kernel_per_step']
+    lines.append(f"{name} step, per steady-state step: {k['page_faults']:.0f} page faults, "
+                 f"{k['kernel_cpu_s']:.2f} s kernel CPU")
   lines.append('joint step parts (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in r['joint_parts_s'].items()))
   return '\n'.join(lines)
 
@@ -153,9 +170,13 @@ def main():
   p.add_argument('--parts', action=argparse.BooleanOptionalAction, default=True,
                  help='also time the joint step part by part')
   p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
+  p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
+                 help='glibc keeps freed memory, as in main.py (host_memory.py; read from '
+                 'sys.argv at import: the process re-executes itself before anything else)')
   p.add_argument('--out', default=None)
   args = p.parse_args()
   res = run(args)
+  res['keep_freed_memory'] = KEPT
   print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
   print(table(res))
   suffix = '' if args.dtype == 'float32' else f'_{args.dtype}'

@@ -13,12 +13,16 @@ Modes:
             config.eval.save_saliency)
 """
 
-import json
-import logging as std_logging
+from diffmic_jax import host_memory
 
-from absl import app, flags, logging
-from etils import epath
-from ml_collections import config_flags
+host_memory.keep_freed_memory()  # First: re-executes this process once (host_memory.py).
+
+import json  # noqa: E402
+import logging as std_logging  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from etils import epath  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here: a local '
