@@ -13,7 +13,8 @@ heap top. Steady-state steps then fault nothing.
 The settings must hold from the process's first allocation, so they go in the environment and the
 process re-executes itself once (same pid, same arguments, `sys.orig_argv`). Set at run time with
 mallopt instead, after the interpreter had started, the ResNet50 bench still faulted nothing once
-warm but peaked at 9.5 GB resident instead of 7.0 GB, depending on what had been imported first.
+warm but peaked at 9.5 GB resident instead of 7.0 GB. Even from the start, the high-water mark
+depends on the order of allocations (6.9 or 9.7 GB in two orders; README, Benchmarks > Memory).
 `main.py` and the benches call it first thing.
 
 DIFFMIC_KEEP_FREED_MEMORY=0 keeps glibc's defaults; so does setting any of the variables yourself.
