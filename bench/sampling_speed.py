@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 from diffmic_jax import host_memory  # noqa: E402
 
 # As main.py does, first: the process re-executes itself with glibc's settings (host_memory.py).
-KEPT = '--no-keep_freed_memory' not in sys.argv and host_memory.keep_freed_memory()
+if '--no-keep_freed_memory' not in sys.argv:
+  host_memory.keep_freed_memory()
 
 # The official PyTorch code on a 2-core machine like this one (issue 7): 60-step chain 66.8 s per
 # batch of 32 (2.09 s per image); about 1,000 s per batch for the 1000-step chain.
@@ -119,7 +120,7 @@ def main():
         f"features once vs every step (60 steps, same code): "
         f"{results['truncated_60_encoder_every_step']['batch_s'] / results['truncated_60']['batch_s']:.1f}x")
   results['official'] = OFFICIAL
-  results['keep_freed_memory'] = KEPT
+  results['keep_freed_memory'] = host_memory.in_force()
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
   print(f'wrote {args.out}')

@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from diffmic_jax import host_memory  # noqa: E402
 
 # As main.py does, first: the process re-executes itself with glibc's settings (host_memory.py).
-KEPT = '--no-keep_freed_memory' not in sys.argv and host_memory.keep_freed_memory()
+if '--no-keep_freed_memory' not in sys.argv:
+  host_memory.keep_freed_memory()
 
 # The official PyTorch code on a 2-core machine like this one (issue 7): batch 32, 224 px,
 # ResNet50 DCG, real APTOS images.
@@ -176,7 +177,7 @@ def main():
   p.add_argument('--out', default=None)
   args = p.parse_args()
   res = run(args)
-  res['keep_freed_memory'] = KEPT
+  res['keep_freed_memory'] = host_memory.in_force()
   print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
   print(table(res))
   suffix = '' if args.dtype == 'float32' else f'_{args.dtype}'

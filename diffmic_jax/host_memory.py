@@ -46,8 +46,9 @@ def keep_freed_memory() -> bool:
   """Re-executes this process once with glibc keeping freed memory; True if the settings hold.
 
   Returns False, changing nothing, outside glibc, with DIFFMIC_KEEP_FREED_MEMORY=0, when the
-  caller set one of the variables itself, or in an embedded interpreter (no sys.executable). Otherwise it does not return: the process starts again
-  with the same arguments, and the call returns True there.
+  caller set one of the variables itself, or in an embedded interpreter (no sys.executable).
+  Otherwise it does not return: the process starts again with the same arguments, and the call
+  returns True there.
   """
   if in_force():
     return True
