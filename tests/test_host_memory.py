@@ -19,17 +19,19 @@ f = jax.jit(lambda a, b: (a @ b) @ b.T)  # a @ b: a 103 MB temporary, as in a tr
 a, b = jnp.ones((100_352, 64)), jnp.ones((64, 256))
 for _ in range(10):
   f(a, b).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(a, b).block_until_ready()
-print(host_memory.in_force(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(host_memory.in_force(), sorted(faults)[len(faults) // 2])
 """
 
 _PAGES = 100_352 * 256 * 4 // 4096  # One call's temporary, in 4 KiB pages.
 
 
 def _probe(keep: str) -> tuple[bool, int]:
-  """(whether the setting is in force, page faults in ten warm calls)."""
+  """(whether the setting is in force, median page faults of ten warm calls)."""
   from diffmic_jax import host_memory
   env = {k: v for k, v in os.environ.items() if k not in host_memory.ENV}
   env.update(DIFFMIC_KEEP_FREED_MEMORY=keep, JAX_PLATFORMS='cpu')
@@ -47,8 +49,9 @@ def test_importing_main_stops_a_warm_step_faulting_its_outputs_back_in():
   off, default = _probe('0')
   assert in_force
   assert not off
-  # glibc's defaults: every call faults its temporary in afresh (250,892 faults measured). Kept:
-  # none in most runs; in about one run in ten (measured), 50,177 once, when a small block had
-  # split the freed space and the next call's buffers went above it.
-  assert default >= 10 * _PAGES * 0.9, f'glibc defaults: {default} faults in 10 calls'
-  assert kept <= 2.5 * _PAGES, f'with keep_freed_memory: {kept} faults in 10 calls'
+  # glibc's defaults: every call faults its temporary in afresh (25,089 faults per call measured).
+  # Kept: none in a typical call. Now and then the heap still grows, when a small block has split
+  # the freed space and a call's buffers go above it: one call in ten runs, or three calls of ten
+  # while another process loaded the machine. The median call is the steady state either way.
+  assert default >= 0.9 * _PAGES, f'glibc defaults: {default} faults in the median call'
+  assert kept <= 0.1 * _PAGES, f'with keep_freed_memory: {kept} faults in the median call'
