@@ -4,8 +4,8 @@ Official model sizes at 224 px on real APTOS images (random weights): DCG backbo
 the official code) or ResNet18, epsilon network ResNet18 + 6144-wide head. Reports compile time,
 steady-state seconds per step (median of --steps), images/s, peak resident memory of the process
 (CPU; device peak on GPU/TPU), XLA's buffer sizes for each step (arguments: state and batch;
-outputs; temporaries: activations and gradients; on CPU the process peak adds both compiled
-programs, the non-donated second state and the runtime), and a profile of the joint step by part
+outputs; temporaries: activations and gradients; on CPU the process peak, read before the
+parts below run, adds both compiled programs, the runtime and the heap glibc keeps), and a profile of the joint step by part
 (DCG eval forward, epsilon network forward+backward with its three head passes, DCG update),
 and each steady-state step's page faults and kernel CPU time. Like main.py, it first has glibc
 keep freed memory (host_memory.py); --no-keep_freed_memory measures glibc's default.
