@@ -11,7 +11,9 @@ threads sit idle.
 
     python bench/profile_step.py --dcg_backbone=resnet50 [--step=joint|dcg_pretrain]
 
-Prints tables and writes bench/results/profile_<step>_<backbone>.json. Operations XLA created
+Prints tables and writes bench/results/profile_<step>_<backbone>.json. Written for the CPU
+backend's trace, where each operation is one event on one of XLA's threads; a GPU trace lays its
+lines out differently, and the script has not been run on one. Operations XLA created
 itself (layout transposes, rewritten kernel gradients) carry no scope: they are counted with their
 nearest named operand, a gradient first, and are listed with "[inferred]" (a kernel gradient
 counts as backward work whatever its operands are named). Like main.py, it first has glibc keep
