@@ -22,9 +22,9 @@ freed memory (host_memory.py).
 
 import argparse
 import collections
-import functools
 import glob
 import json
+import math
 import pathlib
 import re
 import sys
@@ -40,13 +40,6 @@ _SHAPE = r'(?:f32|bf16|f16|f64)\[([\d,]*)\]'
 
 def _dims(s: str) -> list[int]:
   return [int(x) for x in s.split(',') if x]
-
-
-def _prod(xs) -> int:
-  out = 1
-  for x in xs:
-    out *= x
-  return out
 
 
 def parse_hlo(text: str) -> dict:
@@ -118,15 +111,16 @@ def _flops(line: str, scope: str) -> tuple[str, int]:
     shapes.append(_dims(s.group(1)))
   if op == 'dot':
     c = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line)
-    return 'matmul', 2 * _prod(out) * _prod(shapes[0][int(i)] for i in c.group(1).split(','))
+    contracted = math.prod(shapes[0][int(i)] for i in c.group(1).split(','))
+    return 'matmul', 2 * math.prod(out) * contracted
   labels = re.search(r'dim_labels=\w+_(\w+)->(\w+)', line)
   win = re.search(r'window=\{size=([\dx]+)', line)
-  window = _prod(int(x) for x in win.group(1).split('x')) if win else 1
-  out_pixels = _prod(d for d, label in zip(out, labels.group(2)) if label.isdigit())
+  window = math.prod(int(x) for x in win.group(1).split('x')) if win else 1
+  out_pixels = math.prod(d for d, label in zip(out, labels.group(2)) if label.isdigit())
   # XLA writes a kernel gradient as a convolution whose "window" is the activation map and whose
   # output is the kernel: a window larger than the output tells it from a forward pass.
   kind = 'convolution kernel gradient' if window > out_pixels else 'convolution'
-  return kind, 2 * _prod(out) * window * shapes[1][labels.group(1).index('i')]
+  return kind, 2 * math.prod(out) * window * shapes[1][labels.group(1).index('i')]
 
 
 def part_of(op_name: str) -> str:
@@ -163,17 +157,11 @@ def concurrency(events: list) -> dict:
 
 def run(args) -> dict:
   import jax
-  from bench.train_speed import real_batch
-  from configs import aptos
-  from diffmic_jax import parallel, train, train_state
+  from bench.train_speed import setup
+  from diffmic_jax import parallel, train
 
-  config = aptos.get_config()
-  config.model.dcg_backbone = args.dcg_backbone
-  models = train_state.build_models(config, steps_per_epoch=100)
+  models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch)
   pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
-  state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(
-      jax.random.key(0))
-  batch = jax.device_put(real_batch(pathlib.Path(args.data_root), args.batch))
   fn, extra = (joint, (jax.random.key(1),)) if args.step == 'joint' else (pre, ())
   compiled = fn.lower(state, batch, *extra).compile()
   hlo = parse_hlo(compiled.as_text())
@@ -192,8 +180,8 @@ def run(args) -> dict:
               for line in plane.lines if line.name != 'python' for ev in line.events
               if ev.name in hlo]
 
-  by_part, by_kind = collections.defaultdict(lambda: [0.0, 0.0]), collections.defaultdict(
-      lambda: [0.0, 0.0])
+  # name -> [seconds, GFLOP]
+  by_part, by_kind = (collections.defaultdict(lambda: [0.0, 0.0]) for _ in range(2))
   per_op = collections.Counter()
   for name, _, dur in events:
     op_name, kind, gflop = hlo[name]

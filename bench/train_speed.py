@@ -5,10 +5,11 @@ the official code) or ResNet18, epsilon network ResNet18 + 6144-wide head. Repor
 steady-state seconds per step (median of --steps), images/s, peak resident memory of the process
 (CPU; device peak on GPU/TPU), XLA's buffer sizes for each step (arguments: state and batch;
 outputs; temporaries: activations and gradients; on CPU the process peak, read before the
-parts below run, adds both compiled programs, the runtime and the heap glibc keeps), and a profile of the joint step by part
-(DCG eval forward, epsilon network forward+backward with its three head passes, DCG update),
-and each steady-state step's page faults and kernel CPU time. Like main.py, it first has glibc
-keep freed memory (host_memory.py); --no-keep_freed_memory measures glibc's default.
+parts below run, adds both compiled programs, the runtime and the heap glibc keeps), a profile
+of the joint step by part (DCG eval forward, epsilon network forward+backward with its three head
+passes, DCG update), and each steady-state step's page faults and kernel CPU time. Like main.py,
+it first has glibc keep freed memory (host_memory.py); --no-keep_freed_memory measures glibc's
+default.
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
 
@@ -81,19 +82,27 @@ def timed(fn, *args, steps: int, threaded: bool = False):
   return compile_s, times[1:], buffers, kernel, out
 
 
-def run(args) -> dict:
+def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32'):
+  """(models, initialised state, real batch on the device): the APTOS recipe at 224 px."""
   import jax
   from configs import aptos
-  from diffmic_jax import parallel, train, train_state, train_steps
+  from diffmic_jax import train_state
+
+  config = aptos.get_config()
+  config.model.dcg_backbone = dcg_backbone
+  config.model.dtype = dtype
+  models = train_state.build_models(config, steps_per_epoch=100)
+  state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
+  return models, state, jax.device_put(real_batch(pathlib.Path(data_root), batch))
+
+
+def run(args) -> dict:
+  import jax
+  from diffmic_jax import parallel, train, train_steps
   from diffmic_jax.data.normalize import normalize
   from diffmic_jax.models import priors as dcg_priors
 
-  config = aptos.get_config()
-  config.model.dcg_backbone = args.dcg_backbone
-  config.model.dtype = args.dtype
-  models = train_state.build_models(config, steps_per_epoch=100)
-  state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
-  batch = jax.device_put(real_batch(pathlib.Path(args.data_root), args.batch))
+  models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype)
   jax.block_until_ready(state)
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
