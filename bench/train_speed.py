@@ -8,8 +8,9 @@ outputs; temporaries: activations and gradients; on CPU the process peak, read b
 parts below run, adds both compiled programs, the runtime and the heap glibc keeps), a profile
 of the joint step by part (DCG eval forward, epsilon network forward+backward with its three head
 passes, DCG update), and each steady-state step's page faults and kernel CPU time. Like main.py,
-it first has glibc keep freed memory (host_memory.py); --no-keep_freed_memory measures glibc's
-default.
+it first has glibc keep freed memory (host_memory.py), and hands freed pages back where train.py
+does (after building the state and after each compilation); --no-keep_freed_memory measures
+glibc's default.
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
 
@@ -51,32 +52,39 @@ def real_batch(data_root: pathlib.Path, batch: int):
   return {'image': images, 'label': np.arange(batch, dtype=np.int32) % 5}
 
 
-def timed(fn, *args, steps: int, threaded: bool = False):
+def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
   """(compile s, per-step s, XLA buffer sizes in GB, kernel work per step, last output) of a jit.
 
   Kernel work: the median steady-state step's page faults and kernel CPU seconds (host_memory.py).
 
   threaded: fn is a train step (state, ...) -> (state, metrics) jitted with the state donated, as
   train.py runs it; each call gets the previous call's state.
+  queued (threaded only): each call is made before the previous one has finished and timed to the
+  previous one's end, as train.py dispatches on accelerators (on CPU it waits for each step:
+  README, Benchmarks > Memory).
   """
   import jax
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
+  host_memory.release_freed_memory()  # As train.py does once a stage's program is compiled.
   analysis = compiled.memory_analysis()
   buffers = {k: getattr(analysis, f'{k}_size_in_bytes') / 2**30
              for k in ('argument', 'output', 'temp', 'alias')} if analysis else {}
   times, faults, sys_s = [], [], []
+  prev = None
   for i in range(steps + 1):  # The first call is a warm-up.
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     out = compiled(*args)
-    jax.block_until_ready(out)
+    jax.block_until_ready(prev[1] if queued and prev is not None else out)  # prev[0] was donated
+    prev = out
     times.append(time.perf_counter() - t0)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     faults.append(r1.ru_minflt - r0.ru_minflt)
     sys_s.append(r1.ru_stime - r0.ru_stime)
     if threaded:
       args = (out[0], *args[1:])
+  jax.block_until_ready(out)
   # Page faults and kernel CPU seconds per steady-state step: what host_memory.py is about.
   kernel = {'page_faults': statistics.median(faults[1:]), 'kernel_cpu_s': statistics.median(sys_s[1:])}
   return compile_s, times[1:], buffers, kernel, out
@@ -93,7 +101,10 @@ def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32')
   config.model.dtype = dtype
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
-  return models, state, jax.device_put(real_batch(pathlib.Path(data_root), batch))
+  batch = jax.device_put(real_batch(pathlib.Path(data_root), batch))
+  jax.block_until_ready((state, batch))
+  host_memory.release_freed_memory()  # As train.py does once the state is built.
+  return models, state, batch
 
 
 def run(args) -> dict:
@@ -107,7 +118,7 @@ def run(args) -> dict:
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
-         'dtype': args.dtype, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+         'dtype': args.dtype, 'queued': args.queued, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
@@ -120,7 +131,8 @@ def run(args) -> dict:
   # autotunes every convolution, a capped run should still produce it.
   for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
     fargs = (state, batch, key) if name == 'joint' else (state, batch)
-    c, t, buffers, kernel, (state, _) = timed(fn, *fargs, steps=args.steps, threaded=True)
+    c, t, buffers, kernel, (state, _) = timed(fn, *fargs, steps=args.steps, threaded=True,
+                                              queued=args.queued)
     res[name] = {'compile_s': c, 'step_s': statistics.median(t), 'all_s': t,
                  'img_s': args.batch / statistics.median(t), 'xla_buffers_gb': buffers,
                  'kernel_per_step': kernel}
@@ -179,6 +191,9 @@ def main():
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--parts', action=argparse.BooleanOptionalAction, default=True,
                  help='also time the joint step part by part')
+  p.add_argument('--queued', action='store_true',
+                 help='make each train step call before the previous one has finished (what '
+                 'train.py does on accelerators, and did on CPU before it waited)')
   p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
   p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
                  help='glibc keeps freed memory, as in main.py (host_memory.py; read from '

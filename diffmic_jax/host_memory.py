@@ -18,11 +18,16 @@ depends on the order of allocations (6.9 or 9.7 GB in two orders; README, Benchm
 `main.py` and the benches call it first thing.
 
 DIFFMIC_KEEP_FREED_MEMORY=0 keeps glibc's defaults; so does setting any of the variables yourself.
-The cost is that freed memory stays resident: the process's resident size never falls below its
-high-water mark. A whole ResNet50 training run still peaked lower than with glibc's defaults
-(9.2-9.7 GB against 11.5 GB; README, Benchmarks > Memory).
+The cost is that freed memory stays resident until `release_freed_memory` hands its pages back.
+`train.py` calls it where a run changes phase (state built, a step or sampler compiled, a
+validation done), never between steady-state steps: what one phase freed (the compiler's working
+memory, the other stage's buffers) would otherwise stay resident for the rest of the run. On the
+ResNet50 joint step at 224 px, one call after building the state and compiling brought the
+process's peak from 9.7 GB to 6.4 GB with the same step time (README, Benchmarks > Memory).
 """
 
+import ctypes
+import functools
 import os
 import sys
 
@@ -59,3 +64,18 @@ def keep_freed_memory() -> bool:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+@functools.cache
+def _malloc_trim():
+  return ctypes.CDLL(None).malloc_trim if _glibc() else None
+
+
+def release_freed_memory() -> None:
+  """Hands the pages of every free heap block back to the kernel (glibc's malloc_trim(0)).
+
+  The blocks stay in the heap for reuse; only their pages go, so the next allocation that lands
+  there faults them in once. Costs a walk of the heap (milliseconds); a no-op outside glibc.
+  """
+  if (trim := _malloc_trim()) is not None:
+    trim(0)

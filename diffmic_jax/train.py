@@ -18,7 +18,8 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffmic_jax import checkpoint, data, evaluate, parallel, pretrained, report, train_state
+from diffmic_jax import (checkpoint, data, evaluate, host_memory, parallel, pretrained, report,
+                         train_state)
 from diffmic_jax.metric_writer import MetricWriter
 from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
 
@@ -170,19 +171,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
                spe, pre_steps, total - pre_steps, mesh.devices.size, jax.process_count())
 
   step = int(state.step)
+  # Where the run changes phase, the pages of what the last phase freed go back to the kernel
+  # (host_memory.py): here the state's initialisation, below each stage's compilation and each
+  # validation. Between steady-state steps glibc keeps them, which is what makes the steps fast.
+  host_memory.release_freed_memory()
+  stage_start = step
   bar = tqdm(total=total, initial=step, desc='train', disable=jax.process_index() != 0,
              dynamic_ncols=True)
   pending = None
+  # On CPU the next step is dispatched only once the previous one has finished. Queued behind a
+  # running step, XLA:CPU's next call allocated its buffers while the running step still held
+  # its own, so each joint step (ResNet50, 224 px) landed in fresh memory: the process grew by
+  # 2.7 GB a step to 17 GB, and page-faulting it in slowed the steps from 13 s to 17-20 s
+  # (README, Benchmarks > Memory). The batch is still read while the previous step runs.
+  # Accelerators allocate from their own pools and keep one step queued.
+  one_in_flight = jax.default_backend() == 'cpu'
   while step < total:
     batch = parallel.global_batch(next(train_iter), mesh)
+    if pending is not None and one_in_flight:
+      _check_finite(*pending, ckpt)
+      pending = None
     if step < pre_steps:
       state, metrics = pretrain(state, batch)
     else:
       state, metrics = joint(state, batch, jax.random.fold_in(train_key, step))
     if pending is not None:  # Check the previous step while this one runs.
       _check_finite(*pending, ckpt)
+    if step == stage_start:  # The stage's first step compiled its program.
+      jax.block_until_ready(metrics)
+      host_memory.release_freed_memory()
     pending = (step, metrics)
     step += 1
+    if step == pre_steps:
+      stage_start = step
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step == total:
       host = jax.device_get(metrics)
@@ -196,6 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if validate:
       _check_finite(*pending, ckpt)
       scores = validator(state, joint=step > pre_steps)
+      host_memory.release_freed_memory()
       writer.write(step, scores, prefix='val/')
       logging.info('step %d validation (%s): %s', step, config.data.val_split, scores)
       key = config.train.select_metric if step > pre_steps else f'dcg_{config.train.select_metric}'
@@ -221,6 +243,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     del state
     state, meta = ckpt.restore(best_step, target, config, best=True)
     chosen = f"checkpoint of step {best_step}, best {meta['best']['metric']} on '{config.data.val_split}'"
+    host_memory.release_freed_memory()
   else:
     chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
   results = evaluate_splits(config, workdir, models, mesh, state, chosen)
