@@ -21,9 +21,10 @@ DIFFMIC_KEEP_FREED_MEMORY=0 keeps glibc's defaults; so does setting any of the v
 The cost is that freed memory stays resident until `release_freed_memory` hands its pages back.
 `train.py` calls it where a run changes phase (state built, a step or sampler compiled, a
 validation done), never between steady-state steps: what one phase freed (the compiler's working
-memory, the other stage's buffers) would otherwise stay resident for the rest of the run. On the
-ResNet50 joint step at 224 px, one call after building the state and compiling brought the
-process's peak from 9.7 GB to 6.4 GB with the same step time (README, Benchmarks > Memory).
+memory, the other stage's buffers) would otherwise stay resident for the rest of the run. In a
+bench-like script of the ResNet50 joint step at 224 px, one call after building the state and
+compiling gave a peak of 6.4 GB at the usual step time, where that script had peaked at 9.7 GB;
+whole runs vary too much from run to run to show its effect (README, Benchmarks > Memory).
 """
 
 import ctypes

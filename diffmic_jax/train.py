@@ -179,11 +179,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm(total=total, initial=step, desc='train', disable=jax.process_index() != 0,
              dynamic_ncols=True)
   pending = None
-  # On CPU the next step is dispatched only once the previous one has finished. Queued behind a
-  # running step, XLA:CPU's next call allocated its buffers while the running step still held
-  # its own, so each joint step (ResNet50, 224 px) landed in fresh memory: the process grew by
-  # 2.7 GB a step to 17 GB, and page-faulting it in slowed the steps from 13 s to 17-20 s
-  # (README, Benchmarks > Memory). The batch is still read while the previous step runs.
+  # On CPU the next step is called only once the previous one has finished. In a bench-like
+  # script that called each ResNet50 joint step (224 px) while the previous one ran, every step's
+  # buffers landed in fresh memory: the process grew by 2.7 GB a step to 17 GB, and faulting the
+  # pages in slowed the steps from 13 s to 17-20 s. `bench/train_speed.py --queued` did not show
+  # it in one run, so the cause is not pinned down (README, Benchmarks > Memory); waiting costs
+  # nothing measurable here, and the batch is still read while the previous step runs.
   # Accelerators allocate from their own pools and keep one step queued.
   one_in_flight = jax.default_backend() == 'cpu'
   while step < total:
