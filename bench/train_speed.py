@@ -114,7 +114,6 @@ def run(args) -> dict:
   from diffmic_jax.models import priors as dcg_priors
 
   models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype)
-  jax.block_until_ready(state)
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,

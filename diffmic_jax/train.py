@@ -175,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # (host_memory.py): here the state's initialisation, below each stage's compilation and each
   # validation. Between steady-state steps glibc keeps them, which is what makes the steps fast.
   host_memory.release_freed_memory()
-  stage_start = step
+  first_step = step
   bar = tqdm(total=total, initial=step, desc='train', disable=jax.process_index() != 0,
              dynamic_ncols=True)
   pending = None
@@ -198,13 +198,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, metrics = joint(state, batch, jax.random.fold_in(train_key, step))
     if pending is not None:  # Check the previous step while this one runs.
       _check_finite(*pending, ckpt)
-    if step == stage_start:  # The stage's first step compiled its program.
+    if step in (first_step, pre_steps):  # The stage's first step compiled its program.
       jax.block_until_ready(metrics)
       host_memory.release_freed_memory()
     pending = (step, metrics)
     step += 1
-    if step == pre_steps:
-      stage_start = step
     bar.update(1)
     if step % config.train.log_every_steps == 0 or step == total:
       host = jax.device_get(metrics)

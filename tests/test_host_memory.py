@@ -31,15 +31,20 @@ print(host_memory.in_force(), sorted(faults)[len(faults) // 2])
 _PAGES = 100_352 * 256 * 4 // 4096  # One call's temporary, in 4 KiB pages.
 
 
-def _probe(keep: str) -> tuple[bool, int]:
-  """(whether the setting is in force, median page faults of ten warm calls)."""
+def _run(probe: str, keep: str) -> tuple[bool, int]:
+  """(whether the setting was in force, the number) a probe prints last, run in a fresh process."""
   from diffmic_jax import host_memory
   env = {k: v for k, v in os.environ.items() if k not in host_memory.ENV}
   env.update(DIFFMIC_KEEP_FREED_MEMORY=keep, JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True,
+  done = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True,
                         check=True)
-  in_force, faults = done.stdout.split()[-2:]
-  return in_force == 'True', int(faults)
+  in_force, number = done.stdout.split()[-2:]
+  return in_force == 'True', int(number)
+
+
+def _probe(keep: str) -> tuple[bool, int]:
+  """(whether the setting is in force, median page faults of ten warm calls)."""
+  return _run(_PROBE, keep)
 
 
 def test_importing_main_stops_a_warm_step_faulting_its_outputs_back_in():
@@ -79,11 +84,7 @@ def test_release_freed_memory_hands_back_the_pages_of_a_freed_block():
   from diffmic_jax import host_memory
   if not host_memory._glibc() or not os.path.exists('/proc/self/statm'):
     pytest.skip('needs glibc and /proc')
-  env = {k: v for k, v in os.environ.items() if k not in host_memory.ENV}
-  env.update(DIFFMIC_KEEP_FREED_MEMORY='1', JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, '-c', _RELEASE_PROBE], env=env, capture_output=True,
-                        text=True, check=True)
-  in_force, released = done.stdout.split()[-2:]
-  assert in_force == 'True'
+  in_force, released = _run(_RELEASE_PROBE, '1')
+  assert in_force
   # Kept by glibc until the call (test above), then handed back: nearly all of the 512 MiB.
-  assert int(released) >= 0.9 * 2**29, f'released {int(released) / 2**20:.0f} MiB of 512'
+  assert released >= 0.9 * 2**29, f'released {released / 2**20:.0f} MiB of 512'
