@@ -178,3 +178,17 @@ def test_stem_max_pool_matches_reduce_window(size):
   grad = lambda p: jax.grad(lambda x: jnp.vdot(p(jax.nn.relu(x)), cot))(x)
   np.testing.assert_array_equal(grad(conv.max_pool_3x3_s2), grad(pool))
 
+
+
+def test_convolution_input_is_materialized_on_cpu_only_where_xla_convolves():
+  """The 3x3 convolution reads its input from behind an optimization barrier (conv._materialized);
+  the matmul forms do not need one."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  def barriers(kernel, size):
+    m = conv.Conv(4, kernel)
+    v = m.init(jax.random.key(0), x[:, :size, :size])
+    return str(jax.make_jaxpr(m.apply)(v, x[:, :size, :size])).count('optimization_barrier')
+  assert jax.default_backend() == 'cpu'
+  assert barriers(3, 8) == 1
+  assert barriers(3, 2) == 0  # patches-times-kernel
+  assert barriers(1, 8) == 0  # matmul
