@@ -71,9 +71,9 @@ def _materialized(x):
   the barrier the transpose reads x once. ResNet50 joint step at 224 px on the 2-core CPU, both
   forms compiled in one process and run alternately, two runs: 11.11 -> 10.69 s and
   11.21 -> 10.73 s on JAX 0.12, for 0.25 GB more of XLA's temporaries (2.69 -> 2.93 GB); on
-  JAX 0.10 its temporaries (2.69 GB) and speed (12.51 vs 12.59 s) are unchanged. CPU only: TPU
-  and GPU compilers fuse a convolution's elementwise producers into it, which the barrier would
-  stop.
+  JAX 0.10 its temporaries (2.69 GB) and speed (12.51 vs 12.59 s) are unchanged. CPU only: XLA's TPU
+  compiler fuses a convolution's elementwise producers into it, which the barrier would stop, and
+  no accelerator has been timed with it.
   """
   return jax.lax.optimization_barrier(x)
 
