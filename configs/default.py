@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.mmd_weight = 0.5  # lambda on MMD(global prior) + MMD(local prior).
   c.loss.mmd_bandwidths = ()  # Squared RBF bandwidths; () = the official single K**2 kernel.
+  # Weight of the official `--add_ce_loss` term (off in its configs, 0.01 commented out there):
+  # cross-entropy of the labels against -(y0_tilde - 1)^2, y0_tilde read off the fused pass.
+  c.loss.ce_weight = 0.0
 
   # ---- training ----
   c.train = ml_collections.ConfigDict()

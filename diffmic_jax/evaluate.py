@@ -30,16 +30,23 @@ class SamplerSpec:
 
 
 def make_predict_fn(models: Models, spec: SamplerSpec):
-  """jit(fn(dcg_vars, eps_vars, images uint8, key) -> outputs dict)."""
+  """jit(fn(dcg_vars, eps_vars, images uint8, key[, encoder_images]) -> outputs dict).
+
+  `encoder_images`, when given, is what the epsilon network's encoder sees instead of `images`
+  (the DCG and its priors still see `images`). It exists for one diagnostic: giving the encoder
+  other images asks how much of the diffusion's prediction comes from its own view of the image
+  rather than from the DCG's prior (bench/diffusion_vs_dcg.py).
+  """
   if spec.method not in sampling.METHODS:
     raise ValueError(f'eval sampler must be one of {sampling.METHODS}, got {spec.method!r}')
 
-  def predict(dcg_vars, eps_vars, images, key):
+  def predict(dcg_vars, eps_vars, images, key, encoder_images=None):
     x = normalize(images)
     out = models.dcg.apply(dcg_vars, x, train=False)
     y_hat, y_hat_g, y_hat_l = dcg_priors(out)
     cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
-    feats = models.eps.apply(eps_vars, x, False, method=EpsilonNet.encode)
+    x_enc = x if encoder_images is None else normalize(encoder_images)
+    feats = models.eps.apply(eps_vars, x_enc, False, method=EpsilonNet.encode)
     head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
                                                   method=EpsilonNet.head)
     probs = sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key,

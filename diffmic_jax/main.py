@@ -76,6 +76,9 @@ def main(argv):
     results = inference.evaluate_checkpoint(config, workdir, flags.FLAGS.checkpoint)
   else:
     results = inference.predict(config, workdir, flags.FLAGS.split, flags.FLAGS.checkpoint)
+    if jax.process_index() == 0:
+      logging.info('done: %s', json.dumps(results))  # Where the CSV went, how many rows.
+    return
   if jax.process_index() == 0:
     logging.info('done: %s', json.dumps({k: v.get('diffusion', {}).get('accuracy')
                                           if isinstance(v, dict) else v for k, v in results.items()}))

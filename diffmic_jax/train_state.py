@@ -53,6 +53,7 @@ class Models:
   mmd_weight: float
   mmd_bandwidths: tuple
   ema_decay: float
+  ce_weight: float = 0.0
 
 
 def _dtype(name: str):
@@ -81,7 +82,8 @@ def build_models(config, steps_per_epoch: int) -> Models:
   return Models(dcg=dcg, eps=eps, dcg_tx=optax.amsgrad(t.dcg_lr), eps_tx=eps_tx, eps_lr=eps_lr,
                 schedule=CARDSchedule.from_config(config.diffusion),
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
-                mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay)
+                mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
+                ce_weight=config.loss.ce_weight)
 
 
 def init_state(models: Models, key, image_size: int) -> TrainState:

@@ -73,10 +73,11 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
   feats, upd = models.eps.apply(variables, images, True, method=EpsilonNet.encode,
                                 mutable=['batch_stats'])
   stats = upd['batch_stats']
-  preds = []
+  preds, y_ts = [], []
   for mean in (y_hat, y_hat_g, y_hat_l):
     cond = mean if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
     y_t = sched.q_sample(y0, mean, t, noise)
+    y_ts.append(y_t)
     pred, upd = models.eps.apply({'params': eps_params, 'batch_stats': stats}, feats, y_t, cond, t,
                                  True, method=EpsilonNet.head, mutable=['batch_stats'])
     stats = upd['batch_stats']
@@ -85,7 +86,25 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
   mmd_g = losses.rbf_mmd(noise, preds[1], models.mmd_bandwidths)
   mmd_l = losses.rbf_mmd(noise, preds[2], models.mmd_bandwidths)
   loss = mse + models.mmd_weight * (mmd_g + mmd_l)
-  return loss, ({'loss': loss, 'mse': mse, 'mmd_global': mmd_g, 'mmd_local': mmd_l}, stats)
+  metrics = {'loss': loss, 'mse': mse, 'mmd_global': mmd_g, 'mmd_local': mmd_l}
+  if models.ce_weight > 0:
+    ce = y0_cross_entropy(models, y_ts[0], y_hat, t, preds[0], labels)
+    loss = loss + models.ce_weight * ce
+    metrics.update(loss=loss, y0_ce=ce)
+  return loss, (metrics, stats)
+
+
+def y0_cross_entropy(models: Models, y_t, y_hat, t, eps_pred, labels):
+  """The official optional `--add_ce_loss` term: CE of the labels against -(y0_tilde - 1)^2.
+
+  y0_tilde is the label vector the predicted noise implies (the reverse step's y0 estimate). The
+  official code gets it from a fourth forward pass on the fused inputs; it equals the fused pass's,
+  which is reused here, so no BatchNorm statistics are updated a fourth time. The term gives the
+  epsilon network a direct classification signal, which the noise loss alone, with the DCG's prior
+  as input, may not (bench/diffusion_vs_dcg.py measures whether the network uses the image).
+  """
+  y0 = models.schedule.predict_y0(y_t, y_hat, t, eps_pred)
+  return losses.cross_entropy(-jnp.square(y0 - 1.0), labels, models.num_classes)
 
 
 def _ema(models: Models, ema, params, step):

@@ -143,3 +143,35 @@ def test_train_steps_compile_with_the_memory_optimised_scheduler(setup):
   _, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
   default = jax.jit(lambda *a: train_steps.joint_step(models, *a), donate_argnums=0)
   assert temp(joint) <= 0.6 * temp(default), (temp(joint), temp(default))
+
+
+def test_y0_cross_entropy_is_the_official_add_ce_loss(setup):
+  """With the true noise as the prediction, y0_tilde is the one-hot label, so the logits
+  -(y0 - 1)^2 are 0 for the label and -1 elsewhere: CE = log(1 + (K - 1) / e) exactly."""
+  _, models, _, batch = setup
+  k, labels = models.num_classes, jnp.asarray(batch['label'])
+  y0 = jax.nn.one_hot(labels, k)
+  y_hat = jax.nn.softmax(jax.random.normal(jax.random.key(7), y0.shape))
+  t = jnp.array([0, 10, 300, 600, 900, 999, 5, 500])
+  noise = jax.random.normal(jax.random.key(8), y0.shape)
+  y_t = models.schedule.q_sample(y0, y_hat, t, noise)
+  ce = train_steps.y0_cross_entropy(models, y_t, y_hat, t, noise, labels)
+  np.testing.assert_allclose(ce, np.log(1 + (k - 1) / np.e), rtol=1e-4)
+  assert float(train_steps.y0_cross_entropy(models, y_t, y_hat, t, -noise, labels)) > float(ce)
+
+
+def test_ce_weight_adds_the_term_to_the_loss(setup):
+  import dataclasses
+  _, models, state, batch = setup
+  images = normalize(batch['image'])
+  pri = jax.lax.stop_gradient(dcg_priors(models.dcg.apply(state.dcg.variables(), images)))
+
+  def loss(m):
+    return jax.jit(lambda: train_steps.diffusion_loss(m, state.eps.params, state.eps.batch_stats,
+                                                      images, batch['label'], pri,
+                                                      jax.random.key(9))[1][0])()
+
+  off, on = loss(models), loss(dataclasses.replace(models, ce_weight=0.01))
+  assert 'y0_ce' not in off and float(on['y0_ce']) > 0
+  np.testing.assert_allclose(on['mse'], off['mse'], rtol=1e-6)
+  np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
