@@ -73,5 +73,17 @@ for d in "$OUT"/work/*/; do
     cp "${s}reports/test.json" "$R/$(basename "$d")_$(basename "$s")_test.json" 2>/dev/null
   done
 done
+# Does the diffusion use its own view of the image (validation split)? Each finished run, if time is left.
+for ds in aptos isic; do
+  for scheme in ${ACC_SCHEMES:-diffmic grouped}; do
+    w="$OUT/work/${ds}_$scheme"
+    left=$(( ${SUITE_BUDGET:-100000} - SECONDS - 15 ))
+    [ -d "$w" ] && [ "$left" -ge 60 ] || continue
+    part $(( left < 120 ? left : 120 )) "diffusion_vs_dcg_${ds}64_$scheme" "$PY" bench/diffusion_vs_dcg.py \
+      --config=configs/reduced.py:$ds --workdir="$w" --seeds=0,1,2 --config.eval.num_samples=16 \
+      --config.data.data_dir="$TFDS_DIR" --config.data.builder_config=$scheme \
+      ${ACC_EPOCHS:+--config.train.epochs="$ACC_EPOCHS"} --out="$R/diffusion_vs_dcg_${ds}64_$scheme.json"
+  done
+done
 tar -czf "$OUT/results.tar.gz" -C "$OUT" results
 rm -rf "$OUT/work"

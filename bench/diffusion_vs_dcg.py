@@ -102,12 +102,18 @@ def main(argv):
   if jax.process_count() > 1:
     raise SystemExit('bench/diffusion_vs_dcg.py runs in one process')
   f = flags.FLAGS
-  per_seed = {}
+  per_seed, missing = {}, {}
   for seed in (int(s) for s in f.seeds.split(',')):
     config = f.config.unlock()
     config.seed = seed
-    per_seed[seed] = run_seed(config, str(pathlib.Path(f.workdir) / f'seed{seed}'), f.split,
-                              f.checkpoint)
+    try:
+      per_seed[seed] = run_seed(config, str(pathlib.Path(f.workdir) / f'seed{seed}'), f.split,
+                                f.checkpoint)
+    except FileNotFoundError as e:  # A seed whose run never saved: said, and left out.
+      print(f'seed {seed} left out: {e}', flush=True)
+      missing[seed] = str(e)
+  if not per_seed:
+    raise SystemExit(f'no seed under {f.workdir} has a checkpoint: {missing}')
   fields = [k for k, v in next(iter(per_seed.values())).items()
             if isinstance(v, (int, float)) and k != 'n']
   summary = {}
@@ -117,7 +123,8 @@ def main(argv):
                   'std': statistics.stdev(vals) if len(vals) > 1 else 0.0, 'values': vals}
   first = next(iter(per_seed.values()))
   print(f"{config_flags.get_config_filename(f['config'])} {f.workdir}; split {f.split} "
-        f"(n = {first['n']}); seeds {list(per_seed)}; {first['sampler']}")
+        f"(n = {first['n']}); seeds {list(per_seed)}; {first['sampler']}"
+        + (f'; LEFT OUT (no checkpoint): {list(missing)}' if missing else ''))
   for k in fields:
     s = summary[k]
     print(f"{k:40s} {s['mean']:8.3f} ± {s['std']:.3f}   " + ' '.join(f'{v:.3f}' for v in s['values']))
@@ -125,6 +132,7 @@ def main(argv):
   out = pathlib.Path(f.out or REPO / 'bench' / 'results' / f'diffusion_vs_dcg_{name}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({'workdir': f.workdir, 'split': f.split, 'seeds': list(per_seed),
+                             'seeds_without_checkpoint': missing,
                              'config': f.config.to_dict(), 'summary': summary,
                              'per_seed': {str(s): r for s, r in per_seed.items()}}, indent=2,
                             default=str))
