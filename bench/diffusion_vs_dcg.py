@@ -34,7 +34,6 @@ from ml_collections import config_flags  # noqa: E402
 from diffmic_jax import data, evaluate, inference, metrics, parallel, train  # noqa: E402
 
 
-
 def deranged_rows(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """Row indices that send every real (masked-in) row to another real row; padding stays put."""
   rows = np.arange(len(mask))
@@ -71,8 +70,8 @@ def compare(labels, dcg_prob, diff_prob, shuffled_prob, num_classes: int) -> dic
 def run_seed(config, workdir: str, split: str, which: str) -> dict:
   models, mesh, state, chosen = inference.restore(config, workdir, which)
   e = config.eval
-  predict = evaluate.make_predict_fn(models, evaluate.SamplerSpec(e.sampler, e.num_steps,
-                                                                  e.num_samples))
+  spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
+  predict = evaluate.make_predict_fn(models, spec)
   dcg_vars = state.dcg.variables()
   eps_vars = state.eps.variables(state.eval_eps_params(train.uses_ema(config)))
   batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
@@ -92,9 +91,7 @@ def run_seed(config, workdir: str, split: str, which: str) -> dict:
     keep['shuf'].append(np.asarray(shuf['sample_probs']).mean(0)[m])
   cat = {k: np.concatenate(v) for k, v in keep.items()}
   res = compare(cat['label'], cat['dcg'], cat['diff'], cat['shuf'], models.num_classes)
-  return {**res, 'checkpoint': chosen,
-          'sampler': evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples).describe(
-              models.schedule.num_timesteps)}
+  return {**res, 'checkpoint': chosen, 'sampler': spec.describe(models.schedule.num_timesteps)}
 
 
 def main(argv):
