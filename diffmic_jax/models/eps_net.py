@@ -17,12 +17,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffmic_jax.models import resnet
+from diffmic_jax.models import batch_norm, resnet
 
 
-def _batch_norm(dtype: Any) -> nn.BatchNorm:
-  # torch BatchNorm1d defaults: momentum 0.1, eps 1e-5. Train/eval is chosen per call.
-  return nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype)
+def _batch_norm(dtype: Any) -> batch_norm.BatchNorm:
+  # torch BatchNorm1d defaults: momentum 0.1, eps 1e-5, torch's variance estimates. Train/eval is
+  # chosen per call.
+  return batch_norm.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
 class ConditionalLinear(nn.Module):

@@ -15,13 +15,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from diffmic_jax.models import conv
+from diffmic_jax.models import batch_norm, conv
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  # torchvision BatchNorm2d: momentum 0.1 (Flax's 0.9), eps 1e-5.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      name=name)
+def _batch_norm(train: bool, dtype: Any, name: str) -> batch_norm.BatchNorm:
+  # torchvision BatchNorm2d: momentum 0.1 (Flax's 0.9), eps 1e-5, torch's variance estimates.
+  return batch_norm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                              dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
