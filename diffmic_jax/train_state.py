@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from diffmic_jax import optim
 from diffmic_jax.diffusion import CARDSchedule
 from diffmic_jax.models import DCG, EpsilonNet
 
@@ -76,10 +77,11 @@ def build_models(config, steps_per_epoch: int) -> Models:
   total = max(1, t.epochs * steps_per_epoch)
   warmup = min(t.warmup_epochs * steps_per_epoch, total - 1)
   # Linear warm-up 0 -> lr, then half-cosine to min_lr at the last step (the official per-iteration
-  # schedule); the official DCG optimizer is Adam with amsgrad at a constant 2e-4.
+  # schedule). The DCG's is torch's Adam(amsgrad=True), constant 2e-4 (optax.amsgrad differs).
   eps_lr = optax.warmup_cosine_decay_schedule(0.0, t.eps_lr, warmup, total, t.min_lr)
   eps_tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(eps_lr))
-  return Models(dcg=dcg, eps=eps, dcg_tx=optax.amsgrad(t.dcg_lr), eps_tx=eps_tx, eps_lr=eps_lr,
+  return Models(dcg=dcg, eps=eps, dcg_tx=optim.torch_amsgrad(t.dcg_lr), eps_tx=eps_tx,
+                eps_lr=eps_lr,
                 schedule=CARDSchedule.from_config(config.diffusion),
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
                 mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
