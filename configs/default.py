@@ -65,9 +65,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.mmd_weight = 0.5  # lambda on MMD(global prior) + MMD(local prior).
   c.loss.mmd_bandwidths = ()  # Squared RBF bandwidths; () = the official single K**2 kernel.
-  # Weight of the official `--add_ce_loss` term (off in its configs, 0.01 commented out there):
-  # cross-entropy of the labels against -(y0_tilde - 1)^2, y0_tilde read off the fused pass.
+  # The official `--add_ce_loss` term (lambda_ce; 0.01 is commented out in its configs): CE of the
+  # labels against -(y0_tilde - 1)^2 with eps_theta detached, as officially. It adds to the reported
+  # loss and updates the head's BatchNorm statistics once more; no gradient reaches any network.
   c.loss.ce_weight = 0.0
+  # Not official: the same CE back-propagated through eps_theta, so the epsilon network gets a
+  # direct classification signal (the official term's gradient is discarded).
+  c.loss.eps_ce_weight = 0.0
 
   # ---- training ----
   c.train = ml_collections.ConfigDict()

@@ -54,7 +54,8 @@ class Models:
   mmd_weight: float
   mmd_bandwidths: tuple
   ema_decay: float
-  ce_weight: float = 0.0
+  ce_weight: float = 0.0  # The official --add_ce_loss: no gradient, see train_steps.
+  eps_ce_weight: float = 0.0  # The same CE back-propagated into the epsilon network.
 
 
 def _dtype(name: str):
@@ -85,7 +86,7 @@ def build_models(config, steps_per_epoch: int) -> Models:
                 schedule=CARDSchedule.from_config(config.diffusion),
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
                 mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
-                ce_weight=config.loss.ce_weight)
+                ce_weight=config.loss.ce_weight, eps_ce_weight=config.loss.eps_ce_weight)
 
 
 def init_state(models: Models, key, image_size: int) -> TrainState:

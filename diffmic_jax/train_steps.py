@@ -87,21 +87,29 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
   mmd_l = losses.rbf_mmd(noise, preds[2], models.mmd_bandwidths)
   loss = mse + models.mmd_weight * (mmd_g + mmd_l)
   metrics = {'loss': loss, 'mse': mse, 'mmd_global': mmd_g, 'mmd_local': mmd_l}
-  if models.ce_weight > 0:
-    ce = y0_cross_entropy(models, y_ts[0], y_hat, t, preds[0], labels)
+  if models.ce_weight > 0:  # The official term: a fourth head pass, its output detached.
+    cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
+    pred, upd = models.eps.apply({'params': eps_params, 'batch_stats': stats}, feats, y_ts[0], cond,
+                                 t, True, method=EpsilonNet.head, mutable=['batch_stats'])
+    stats = upd['batch_stats']
+    ce = y0_cross_entropy(models, y_ts[0], y_hat, t, jax.lax.stop_gradient(pred), labels)
     loss = loss + models.ce_weight * ce
+    metrics.update(loss=loss, y0_ce=ce)
+  if models.eps_ce_weight > 0:
+    ce = y0_cross_entropy(models, y_ts[0], y_hat, t, preds[0], labels)
+    loss = loss + models.eps_ce_weight * ce
     metrics.update(loss=loss, y0_ce=ce)
   return loss, (metrics, stats)
 
 
 def y0_cross_entropy(models: Models, y_t, y_hat, t, eps_pred, labels):
-  """The official optional `--add_ce_loss` term: CE of the labels against -(y0_tilde - 1)^2.
+  """CE of the labels against the logits -(y0_tilde - 1)^2 (the official `--add_ce_loss` form).
 
-  y0_tilde is the label vector the predicted noise implies (the reverse step's y0 estimate). The
-  official code gets it from a fourth forward pass on the fused inputs; it equals the fused pass's,
-  which is reused here, so no BatchNorm statistics are updated a fourth time. The term gives the
-  epsilon network a direct classification signal, which the noise loss alone, with the DCG's prior
-  as input, may not (bench/diffusion_vs_dcg.py measures whether the network uses the image).
+  y0_tilde is the label vector the predicted noise implies (the reverse step's y0 estimate).
+  Officially eps_pred is detached, so the term's gradient reaches only the DCG, whose optimizer then
+  zeroes it: `loss.ce_weight` changes the reported loss and, through its fourth train-mode pass, the
+  head's BatchNorm statistics, nothing else. `loss.eps_ce_weight` back-propagates the same term
+  through eps_pred: a direct classification signal for the epsilon network, not in the official code.
   """
   y0 = models.schedule.predict_y0(y_t, y_hat, t, eps_pred)
   return losses.cross_entropy(-jnp.square(y0 - 1.0), labels, models.num_classes)

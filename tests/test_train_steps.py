@@ -175,3 +175,45 @@ def test_ce_weight_adds_the_term_to_the_loss(setup):
   assert 'y0_ce' not in off and float(on['y0_ce']) > 0
   np.testing.assert_allclose(on['mse'], off['mse'], rtol=1e-6)
   np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
+
+
+def _loss_and_grads(models, state, batch, key):
+  images = normalize(batch['image'])
+  pri = jax.lax.stop_gradient(dcg_priors(models.dcg.apply(state.dcg.variables(), images)))
+  fn = jax.value_and_grad(train_steps.diffusion_loss, argnums=1, has_aux=True)
+  (_, (metrics, stats)), grads = jax.jit(lambda p: fn(models, p, state.eps.batch_stats, images,
+                                                      batch['label'], pri, key))(state.eps.params)
+  return metrics, stats, _flat(grads)
+
+
+def test_official_ce_term_sends_no_gradient_to_the_epsilon_network(setup):
+  """Officially eps_theta is detached in y_0_reparam: with the term or without, the same gradient."""
+  import dataclasses
+  _, models, state, batch = setup
+  key = jax.random.key(10)
+  off, off_stats, off_grads = _loss_and_grads(models, state, batch, key)
+  on, on_stats, on_grads = _loss_and_grads(dataclasses.replace(models, ce_weight=0.01), state,
+                                           batch, key)
+  for k in off_grads:
+    np.testing.assert_array_equal(on_grads[k], off_grads[k], err_msg=k)
+  np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
+  # Its fourth train-mode pass moves the head's BatchNorm statistics once more, not the encoder's.
+  on_stats, off_stats = _flat(on_stats), _flat(off_stats)
+  head = [k for k in off_stats if k.startswith('norms_')]
+  assert head and all(np.any(np.asarray(on_stats[k]) != np.asarray(off_stats[k])) for k in head)
+  for k in off_stats:
+    if not k.startswith('norms_'):
+      np.testing.assert_array_equal(on_stats[k], off_stats[k], err_msg=k)
+
+
+def test_eps_ce_weight_back_propagates_the_term(setup):
+  import dataclasses
+  _, models, state, batch = setup
+  key = jax.random.key(10)
+  off, off_stats, off_grads = _loss_and_grads(models, state, batch, key)
+  on, on_stats, on_grads = _loss_and_grads(dataclasses.replace(models, eps_ce_weight=0.01), state,
+                                           batch, key)
+  np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
+  assert any(np.any(np.asarray(on_grads[k]) != np.asarray(off_grads[k])) for k in off_grads)
+  for k, v in _flat(off_stats).items():
+    np.testing.assert_array_equal(_flat(on_stats)[k], v, err_msg=k)
