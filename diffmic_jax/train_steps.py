@@ -109,7 +109,7 @@ def y0_cross_entropy(models: Models, y_t, y_hat, t, eps_pred, labels):
   Officially eps_pred is detached, so the term's gradient reaches only the DCG, whose optimizer then
   zeroes it: `loss.ce_weight` changes the reported loss and, through its fourth train-mode pass, the
   head's BatchNorm statistics, nothing else. `loss.eps_ce_weight` back-propagates the same term
-  through eps_pred: a direct classification signal for the epsilon network, not in the official code.
+  through eps_pred: a direct classification signal for the epsilon network, not official.
   """
   y0 = models.schedule.predict_y0(y_t, y_hat, t, eps_pred)
   return losses.cross_entropy(-jnp.square(y0 - 1.0), labels, models.num_classes)

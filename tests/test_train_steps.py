@@ -187,7 +187,7 @@ def _loss_and_grads(models, state, batch, key):
 
 
 def test_official_ce_term_sends_no_gradient_to_the_epsilon_network(setup):
-  """Officially eps_theta is detached in y_0_reparam: with the term or without, the same gradient."""
+  """Officially eps_theta is detached in y_0_reparam: the same gradient with the term or without."""
   import dataclasses
   _, models, state, batch = setup
   key = jax.random.key(10)
