@@ -53,8 +53,8 @@ import types
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# The official PyTorch code on a 2-core machine like this one, as quoted in issue 7 (also the
-# reference figures in train_speed.py / sampling_speed.py).
+# Reference figures for the official PyTorch code on a 2-core CPU (the same as in train_speed.py /
+# sampling_speed.py); this script's own run is compared against them.
 ISSUE_FIGURES = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'test_chain_60_s_per_batch': 66.8,
                  'joint_peak_gb': 10.1}
 

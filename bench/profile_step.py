@@ -166,7 +166,7 @@ def run(args) -> dict:
   compiled = fn.lower(state, batch, *extra).compile()
   hlo = parse_hlo(compiled.as_text())
   # Warm-up until two calls in a row agree: the heap grows on the first calls, and on JAX 0.12
-  # the first two joint steps took 18 and 16 s against 11 s once steady.
+  # the first two joint steps run about 1.5-2x slower than steady ones.
   warmup = []
   while len(warmup) < args.max_warmup:
     t0 = time.perf_counter()

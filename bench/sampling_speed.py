@@ -34,8 +34,8 @@ from diffmic_jax import host_memory  # noqa: E402
 if '--no-keep_freed_memory' not in sys.argv:
   host_memory.keep_freed_memory()
 
-# The official PyTorch code on a 2-core machine like this one (issue 7): 60-step chain 66.8 s per
-# batch of 32 (2.09 s per image); about 1,000 s per batch for the 1000-step chain.
+# Reference figures for the official PyTorch code on a 2-core CPU: 60-step chain 66.8 s per batch
+# of 32 (2.09 s per image); about 1,000 s per batch for the 1000-step chain.
 OFFICIAL = {'truncated_60_s_per_image': 2.09, 'full_1000_s_per_batch': 1000.0}
 
 

@@ -37,8 +37,8 @@ from diffmic_jax import host_memory  # noqa: E402
 if '--no-keep_freed_memory' not in sys.argv:
   host_memory.keep_freed_memory()
 
-# The official PyTorch code on a 2-core machine like this one (issue 7): batch 32, 224 px,
-# ResNet50 DCG, real APTOS images.
+# Reference figures for the official PyTorch code on a 2-core CPU: batch 32, 224 px, ResNet50 DCG,
+# real APTOS images.
 OFFICIAL = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'joint_img_s': 1.42, 'joint_peak_gb': 10.1}
 
 
@@ -60,8 +60,8 @@ def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
   threaded: fn is a train step (state, ...) -> (state, metrics) jitted with the state donated, as
   train.py runs it; each call gets the previous call's state.
   queued (threaded only): each call is made before the previous one has finished and timed to the
-  previous one's end, as train.py dispatches on accelerators (on CPU it waits for each step:
-  README, Benchmarks > Memory).
+  previous one's end, as train.py dispatches on accelerators (with CPU tuning it waits for each
+  step; docs/benchmarks.md, Memory).
   """
   import jax
   t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """Shared helpers for the data tests: configs, a demo build, and small real-image folders.
 
-Builds go to a per-session temporary folder; slow parts use a few dozen real images copied into
-`tmp_path`, never the whole set.
+Builds go to one temporary folder for the whole test run; slow parts use a few dozen real images
+copied into `tmp_path`, never the whole set.
 """
 
 import csv

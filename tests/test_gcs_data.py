@@ -4,7 +4,7 @@ Process 0's `prepare` builds the embedded demo set on its local disk and uploads
 (another staging cache, `$DIFFMIC_DATA_CACHE`) reads the bucket through the real grain pipeline
 from the copy it stages, batch for batch the same as a plain local build. The copy is reused by
 the next read, redone when a copy was killed, and a file missing in the bucket is named with its
-URL. Wall time here: 4 s on 2 CPU cores.
+URL.
 """
 
 import json

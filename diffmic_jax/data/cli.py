@@ -1,7 +1,7 @@
 """`tfds build` without TensorFlow: TFDS's own build command, with our builders registered.
 
     python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
-        --manual_dir=../shared/data/aptos2019_224 --data_dir=~/tensorflow_datasets
+        --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 The `tfds` script cannot start without TensorFlow: importing its `convert_format` command
 evaluates `tf.train.Example` (tensorflow_datasets 4.9.10, scripts/cli/convert_format_utils.py),

@@ -12,7 +12,7 @@ a custom config of the same shape (TFDS refuses a custom config named like a lis
 builder swaps a copy for the listed object). From the command line, without TensorFlow:
 
     python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
-        --manual_dir=../shared/data/aptos2019_224 --data_dir=~/tensorflow_datasets
+        --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 (see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
 not change the dataset's identity (skipping bad examples, image_folder's K) is a builder
