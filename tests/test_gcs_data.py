@@ -19,7 +19,7 @@ from diffmic_jax import data
 from diffmic_jax.data import dataset, staging
 
 URL = f'gs://{GCS_BUCKET}/tfds'
-BUILT = 'demo/retinamnist/1.0.0'
+BUILT = 'packaged/demo/retinamnist/1.0.0'  # <source id>/<name>/<config>/<version>
 SHARD = 'demo-train.array_record-00000-of-00001'
 
 
