@@ -13,11 +13,11 @@ source record (`source.py`) that tells `prepare` whether the build is still curr
 Evaluation batches are padded and carry `mask`/`index`, so every example counts exactly once.
 """
 
-from diffmic_jax.data.dataset import check_num_classes
+from diffmic_jax.data.builds import check_num_classes
+from diffmic_jax.data.builds import prepare
+from diffmic_jax.data.builds import resolve_splits
 from diffmic_jax.data.dataset import class_counts
 from diffmic_jax.data.dataset import num_examples
-from diffmic_jax.data.dataset import prepare
-from diffmic_jax.data.dataset import resolve_splits
 from diffmic_jax.data.examples import DataError
 from diffmic_jax.data.normalize import IMAGENET_MEAN
 from diffmic_jax.data.normalize import IMAGENET_STD

@@ -17,9 +17,10 @@ builder swaps a copy for the listed object). From the command line, without Tens
 (see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
 not change the dataset's identity (skipping bad examples, the K labels are checked against) is a
 builder argument, not a config field. Every build writes `source.json` (`source.py`) next to its
-`dataset_info.json`, inside TFDS's temporary folder, so a build never appears without it. The default file format is array_record, the only one written
-without TensorFlow and the one grain reads. TFDS writes into an `incomplete.*` folder and renames
-it only when every split is written, so a failed build leaves nothing a later read would pick up.
+`dataset_info.json`, inside TFDS's temporary folder, so a build never appears without it. The
+default file format is array_record, the only one written without TensorFlow and the one grain
+reads. TFDS writes into an `incomplete.*` folder and renames it only when every split is written,
+so a failed build leaves nothing a later read would pick up.
 """
 
 import dataclasses
@@ -158,7 +159,7 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual_dir = os.path.abspath(self._manual_dir(dl_manager))
     splits = self.resolved or self._resolve(manual_dir)
-    k = self._known_k()
+    k = self.builder_config.num_classes  # The dataset's K, else its labels'; not the checked K.
     k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
     self.source = source.record(manual_dir, splits, k, {
         'skip_bad_examples': self.skip_bad, 'max_examples_per_split': self._max_examples})
