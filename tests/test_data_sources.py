@@ -170,3 +170,20 @@ def test_data_config_has_no_sentinels_and_one_class_count():
   assert 'num_classes' not in base and 'test_split' not in base
   with pytest.raises(AttributeError):
     data_cfg(num_classes=4)  # One source of truth: the top-level `num_classes`.
+
+
+def test_a_host_without_the_source_reads_the_build(data_root, tmp_path, caplog):
+  """Other processes of a job may lack the folder: the source id comes from its path alone."""
+  folder = ham_folder(data_root, tmp_path / 'f', 9)
+  cfg = _folder_cfg(folder, tmp_path / 'tfds')
+  data.prepare(cfg)
+  built = dataset.build_dir(cfg)
+  folder.rename(tmp_path / 'elsewhere')
+  dataset.forget(cfg)
+  assert dataset.build_dir(cfg) == built
+  with caplog.at_level(logging.INFO):
+    data.prepare(cfg, num_classes=2)
+  assert f'(not checked: {folder} is not on this host)' in caplog.text
+  assert [data.num_examples(cfg, s) for s in ('train', 'validation', 'test')] == [3, 3, 3]
+  with pytest.raises(DataError, match='num_classes is 1 but the labels of .* span 2 classes'):
+    data.prepare(cfg, num_classes=1)
