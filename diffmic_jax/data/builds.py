@@ -14,9 +14,9 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from diffmic_jax.data import dataset, source, staging
+from diffmic_jax.data.builders import RESOLVERS
 from diffmic_jax.data.dataset import builder_config_of, manual_dir_of
 from diffmic_jax.data.examples import DataError, check_splits
-from diffmic_jax.data.builders import RESOLVERS
 
 
 def _check_k(data_cfg, num_classes: int | None) -> int:
@@ -71,9 +71,9 @@ def _resolve(data_cfg, manual_dir: str, skipped: list[str] | None, num_classes: 
   k = _check_k(data_cfg, num_classes)
   name = 'medmnist' if data_cfg.name == 'demo' else data_cfg.name
   splits = RESOLVERS[name].resolve(manual_dir, cfg.scheme, k)
-  return check_splits(splits, k if k > 0 else 1 + max(
-      ex.label for part in splits.values() for ex in part),
-                      skip_bad=bool(data_cfg.get('skip_bad_examples', False)), skipped=skipped)
+  k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
+  return check_splits(splits, k, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
+                      skipped=skipped)
 
 
 def _record_of(data_cfg, manual_dir: str, splits) -> dict:
