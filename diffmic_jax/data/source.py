@@ -77,7 +77,9 @@ def write(folder, rec: dict) -> None:
 
 def summary(rec: dict) -> str:
   """`manual_dir (train 6, validation 6, test 12; K=5)` for log lines."""
-  counts = ', '.join(f'{name} {len(rows)}' for name, rows in rec['splits'].items())
+  order = {'train': 0, 'validation': 1, 'test': 2}
+  names = sorted(rec['splits'], key=lambda name: (order.get(name, 3), name))
+  counts = ', '.join(f"{name} {len(rec['splits'][name])}" for name in names)
   return f"{rec['manual_dir']} ({counts}; K={rec['num_classes']})"
 
 
