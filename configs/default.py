@@ -15,7 +15,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 1234  # One root key; every other key is fold_in(root, purpose, step).
-  c.num_classes = 5  # K: length of the label vector the diffusion denoises.
+  # K: length of the label vector the diffusion denoises, checked against the dataset before any
+  # work. None: the dataset's (image_folder: the largest label + 1).
+  c.num_classes = ml_collections.FieldReference(5, field_type=int)
   c.image_size = 224  # Side of the square model input (after the stored-size crop/resize).
 
   # ---- data (owned by diffmic_jax/data) ----
@@ -23,10 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = 'aptos2019'  # aptos2019 | isic2018 | image_folder | medmnist | demo.
   c.data.builder_config = 'diffmic'  # diffmic | grouped | official (isic2018); medmnist: file name.
   c.data.data_dir = '~/tensorflow_datasets'  # Where built array_record files live (gs:// ok).
-  c.data.manual_dir = ''  # Source images + CSV for building; '' means the builder default.
+  # Source images + CSV for building; builds are kept per manual_dir. None: the one build in
+  # data_dir, else <data_dir>/downloads/manual/<name>.
+  c.data.manual_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = 'train'
   c.data.val_split = 'validation'  # Checkpoint selection split. Never the test split.
-  c.data.test_split = 'test'
   c.data.horizontal_flip = True  # Official recipe: all datasets.
   c.data.vertical_flip = True  # Official recipe: fundus (APTOS) only.
   c.data.rotation_degrees = 30.0  # Uniform in [-d, d], bilinear, zero fill; 0 disables.
@@ -35,7 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.read_threads = 4  # Threads decoding images per process (PIL releases the GIL).
   c.data.prefetch_batches = 2  # Batches buffered ahead of the train step.
   c.data.stored_size = 224  # Side of the images stored at build time (crop + resize once).
-  c.data.num_classes = -1  # image_folder K (-1: largest label + 1); fixed for the others.
   c.data.skip_bad_examples = False  # Build: skip bad images/rows (listed in skipped.txt).
 
   # ---- model ----

@@ -22,7 +22,6 @@ def get_config(arg: str = ''):
   c.image_size = 224
   c.data.name = 'image_folder'
   c.data.builder_config = 'default'
-  c.data.num_classes = 4
   c.data.vertical_flip = False  # Official: horizontal flip and rotation only.
   c.train.batch_size = 64
   c.train.dcg_pretrain_epochs = 10

@@ -65,8 +65,9 @@ def main(argv):
     out = epath.Path(workdir)  # Local, or gs:// through gcsfs.
     out.mkdir(parents=True, exist_ok=True)
     (out / f'config_{flags.FLAGS.mode}.json').write_text(config.to_json_best_effort(indent=2))
-    data.prepare(config.data)  # Builds the TFDS dataset once; other processes wait below.
+    data.prepare(config.data, config.num_classes)  # Builds once per source; others wait below.
   inference.sync('prepared')
+  config.num_classes = data.check_num_classes(config.data, config.num_classes)  # None: the data's.
   logging.info('config:\n%s', config)
   if flags.FLAGS.mode == 'prepare':
     return
