@@ -114,3 +114,19 @@ def test_resumed_writer_drops_rows_after_the_restored_step(tmp_path):
   fresh = MetricWriter(tmp_path, enabled=True, resumed_step=0)  # no checkpoint: a new start
   fresh.close()
   assert _rows(tmp_path / 'metrics.jsonl') == []
+
+
+def test_resumed_writer_drops_rows_on_an_object_store_too(gcs):
+  from etils import epath
+  from conftest import GCS_BUCKET
+  workdir = f'gs://{GCS_BUCKET}/resumed_metrics'
+  first = MetricWriter(workdir, enabled=True)
+  for step in range(1, 6):
+    first.write(step, {'loss': float(step)}, prefix='train/')
+  first.close()
+  resumed = MetricWriter(workdir, enabled=True, resumed_step=3)
+  # Dropped at once, before anything is written: a run killed now leaves no duplicate behind.
+  assert [r['step'] for r in _rows(epath.Path(workdir) / 'metrics.jsonl')] == [1, 2, 3]
+  resumed.write(4, {'loss': 4.0}, prefix='train/')
+  resumed.close()
+  assert [r['step'] for r in _rows(epath.Path(workdir) / 'metrics.jsonl')] == [1, 2, 3, 4]
