@@ -4,7 +4,7 @@ A scheduler may signal one host of a job before the others (or only one). Orbax 
 collective, so the processes must agree on the step to stop at; the job then resumes from that
 checkpoint and finishes with one metrics row per step. Processes as in tests/test_multiprocess.py:
 `python -m diffmic_jax.main` with a coordinator on 127.0.0.1, one CPU device each, gloo collectives,
-each in its own session and SIGKILLed as a group if it outlives the deadline.
+each leading its own process group, SIGKILLed as a group if it outlives the deadline.
 """
 
 import collections
