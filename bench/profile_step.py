@@ -161,7 +161,7 @@ def run(args) -> dict:
   from diffmic_jax import parallel, train
 
   models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch)
-  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
+  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
   fn, extra = (joint, (jax.random.key(1),)) if args.step == 'joint' else (pre, ())
   compiled = fn.lower(state, batch, *extra).compile()
   hlo = parse_hlo(compiled.as_text())

@@ -123,7 +123,7 @@ def run(args) -> dict:
 
   # The steps exactly as train.py compiles them (state donated, its XLA options), on one device;
   # the parts below get the same options.
-  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
+  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
   res['xla_options'] = train.xla_options()
   jit = functools.partial(jax.jit, compiler_options=res['xla_options'])
   # The joint step first: it is the headline figure, and on an accelerator whose compiler

@@ -85,7 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
   c.train.eval_with_ema = True  # Evaluate with the EMA params (the official code never does).
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 500  # Periodic save for resume (kept: max_to_keep below).
+  # Saves for resume (the last max_to_keep kept) come at each stage end, on SIGTERM/SIGINT, every
+  # checkpoint_every_minutes (None: never by time) and every checkpoint_every_steps (None: never).
+  c.train.checkpoint_every_minutes = 10.0
+  c.train.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)
   c.train.max_to_keep = 2
   c.train.eval_every_epochs = 10  # Validation (checkpoint selection) cadence.
   c.train.select_metric = 'accuracy'  # Validation metric that picks the best checkpoint.

@@ -47,7 +47,6 @@ def get_config(arg: str = 'aptos'):
   c.train.eval_every_epochs = 4
   c.train.ema_decay = 0.999
   c.train.log_every_steps = 20
-  c.train.checkpoint_every_steps = 1000
 
   c.eval.batch_size = 128
   c.eval.num_samples = 4
