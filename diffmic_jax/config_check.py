@@ -173,3 +173,13 @@ def validate(config) -> None:
   """Raises ConfigError listing every bad value of `config`; returns None if there is none."""
   if found := problems(config):
     raise ConfigError('; '.join(found))
+
+
+def check_files(config) -> None:
+  """Raises ConfigError if a weights file the config names does not exist (local or gs://)."""
+  from etils import epath
+  for field in ('model.pretrained', 'model.eps_pretrained'):
+    path = _get(config, field)
+    if isinstance(path, str) and not epath.Path(path).exists():
+      raise ConfigError(f'config.{field}={path!r}: no such file (convert torchvision weights with '
+                        '`diffmic-convert-weights`, see README)')

@@ -92,15 +92,15 @@ def flag_error_message(error: Exception, argv: list[str]) -> str:
     if not os.path.exists(path):
       return f'--config={config_arg}: no such file {path!r} (configs/ holds the shipped ones)'
     return f'--config={config_arg}: could not load it: {text.rsplit(";", 1)[-1].strip()}'
-  if 'get_config' in text:
+  if 'Error whilst parsing config file' in str(error):  # get_config raised: keep its last line.
+    return f'--config={config_arg}: {str(error).strip().splitlines()[-1].split(": ", 1)[-1]}'
+  if "has no attribute 'get_config'" in text:
     return f'--config={config_arg}: not a config file (it has no get_config function)'
   if isinstance(error, (KeyError, AttributeError)):  # An override of a field the config lacks.
     field, hint = _missing_field(error)
     bad = next((a.split('=', 1)[0] for a in argv if a.startswith('--config.')
                 and f'.{field}' in a.split('=', 1)[0]), '--config.*')
     return f'{bad}: the config has no field {field!r}' + (f'; {hint}' if hint else '')
-  if 'Error whilst parsing config file' in str(error):  # get_config raised: keep its last line.
-    return f'--config={config_arg}: {str(error).strip().splitlines()[-1].split(": ", 1)[-1]}'
   return f'{text} (--helpshort lists the flags)'
 
 

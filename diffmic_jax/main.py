@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from diffmic_jax import config_check, console, errors, host_memory
+from diffmic_jax import console, errors, host_memory
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here: a local '
@@ -46,7 +46,9 @@ def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments {argv[1:]}: flags take the form --name=value')
   config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
+  from diffmic_jax import config_check  # Imports JAX: after the flags are parsed.
   config_check.validate(config)
+  config_check.check_files(config)
   if config.cpu_tuning and host_memory.cpu_only_host():
     host_memory.keep_freed_memory()  # Re-executes this process once with glibc's settings.
   console.set_up(FLAGS.verbosity)
