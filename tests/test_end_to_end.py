@@ -14,6 +14,8 @@ import pytest
 from configs import demo
 from diffmic_jax import checkpoint, inference, train
 
+pytestmark = pytest.mark.slow  # Three subprocess training runs.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/demo.py:smoke', '--config.train.epochs=3']
 
