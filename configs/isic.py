@@ -12,7 +12,7 @@ DiffMIC's per-image lists with a lesion-grouped validation split carved from tra
 lesion-grouped 70/15/15 split, the honest one for reporting (no lesion on two sides).
 
 Hardware: one accelerator; batch 64. Wall time: about 3-8 h on one H100-class device for
-15 + 1000 epochs of ~7,000 images (estimate from FLOPs; not yet measured). Expected: the paper
+15 + 1000 epochs of ~7,000 images (estimate from FLOPs). Expected: the paper
 reports accuracy 0.906 / macro-F1 0.816 with test-set checkpoint selection and the truncated
 250-step chain.
 

@@ -8,7 +8,7 @@ a folder of images with `labels.csv` holding `file,label[,split][,group]` (witho
       --config.data.manual_dir=/path/to/pmg --config.model.pretrained=resnet50_imagenet.msgpack
 
 Hardware: one accelerator; batch 64. Wall time: about 1-2 h on one H100-class device for
-10 + 2000 epochs of ~1,700 images (estimate from FLOPs; not measured: no data here). Expected: the
+10 + 2000 epochs of ~1,700 images (estimate from FLOPs). Expected: the
 paper reports accuracy 0.931 / macro-F1 0.926 on PMG2020 (test-set selection, 100-step chain).
 
 `configs/placenta.py:smoke` runs the same data through tiny models for a few steps: a check of the
