@@ -191,3 +191,28 @@ def test_cpu_tuning_keeps_parameters_and_values(arch, small_stem):
   v_plain, v_tuned = plain.init(jax.random.key(1), x), tuned.init(jax.random.key(1), x)
   jax.tree.map(np.testing.assert_array_equal, v_plain, v_tuned)
   np.testing.assert_allclose(tuned.apply(v_plain, x), plain.apply(v_plain, x), rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_tuning_reaches_every_trunk_only_when_asked_for():
+  from configs import demo
+  from diffmic_jax import train_state
+  config = demo.get_config('smoke')
+  x = jnp.zeros((2, 28, 28, 3))
+  for asked in (False, True):
+    config.cpu_tuning = asked
+    models = train_state.build_models(config, steps_per_epoch=3)
+    used = asked and jax.default_backend() == 'cpu'
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+      called.append((context.module.scope.path, type(context.module)))
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      models.dcg.init(jax.random.key(0), x)
+      models.eps.init(jax.random.key(0), x, jnp.zeros((2, 5)), jnp.zeros((2, 5)),
+                      jnp.zeros((2,), jnp.int32))
+    convs = {path: cls for path, cls in called if cls in (nn.Conv, conv.CpuConv)}
+    trunks = {path[0] for path in convs}
+    assert trunks >= {'global_net', 'local_net', 'encoder'}, trunks
+    assert set(convs.values()) == {conv.CpuConv if used else nn.Conv}
