@@ -17,7 +17,8 @@ from absl import logging
 from diffmic_jax import errors, host_memory
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
-_NOISE = ('Unable to initialize backend', 'Using custom data configuration')
+_NOISE = ('Unable to initialize backend', 'Using custom data configuration',
+          'Waiting for previous save to complete')
 
 
 class _OwnRecordsOnly(std_logging.Filter):
