@@ -61,7 +61,8 @@ def cpu_only_host() -> bool:
   if platforms:
     return platforms.split(',')[0].strip().lower() == 'cpu'
   plugins = importlib.metadata.entry_points(group='jax_plugins')
-  return not plugins and importlib.util.find_spec('libtpu') is None
+  # Plugins register as entry points or as modules of the jax_plugins namespace package.
+  return not plugins and all(importlib.util.find_spec(m) is None for m in ('jax_plugins', 'libtpu'))
 
 
 @functools.cache

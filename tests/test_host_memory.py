@@ -84,3 +84,11 @@ def test_release_freed_memory_hands_back_the_pages_of_a_freed_block():
   assert in_force == 'True'
   # Kept by glibc until the call, then handed back: nearly all of the 512 MiB.
   assert int(released) >= 0.9 * 2**29, f'released {int(released) / 2**20:.0f} MiB of 512'
+
+
+def test_cpu_only_host_follows_jax_platforms(monkeypatch):
+  from diffmic_jax import host_memory
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert not host_memory.cpu_only_host()  # No malloc settings where an accelerator runs.
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert host_memory.cpu_only_host()
