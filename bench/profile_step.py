@@ -20,7 +20,6 @@ counts as backward work whatever its operands are named). Like main.py, it first
 freed memory (host_memory.py).
 """
 
-import argparse
 import collections
 import glob
 import json
@@ -30,6 +29,8 @@ import re
 import sys
 import tempfile
 import time
+
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -231,19 +232,11 @@ def table(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main():
-  # As main.py does, first (the process re-executes itself; nothing has imported jax yet).
+def main(argv):
+  del argv
+  # As a CPU-tuned run does, first (the process re-executes itself; nothing has imported jax yet).
   host_memory.keep_freed_memory()
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--dcg_backbone', default='resnet50', choices=['resnet50', 'resnet18'])
-  p.add_argument('--step', default='joint', choices=['joint', 'dcg_pretrain'])
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--top', type=int, default=15, help='how many of the slowest operations to list')
-  p.add_argument('--max_warmup', type=int, default=8,
-                 help='untraced calls at most before the traced one (fewer once two agree to 5%%)')
-  p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
-  p.add_argument('--out', default=None)
-  args = p.parse_args()
+  args = flags.FLAGS
   res = run(args)
   print(table(res))
   out = pathlib.Path(args.out or REPO / 'bench' / 'results' /
@@ -253,5 +246,16 @@ def main():
   print(f'wrote {out}')
 
 
+def _define_flags():
+  flags.DEFINE_enum('dcg_backbone', 'resnet50', ['resnet50', 'resnet18'], 'DCG trunks.')
+  flags.DEFINE_enum('step', 'joint', ['joint', 'dcg_pretrain'], 'The step to profile.')
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_integer('top', 15, 'How many of the slowest operations to list.')
+  flags.DEFINE_integer('max_warmup', 8, 'Untraced calls at most before the traced one '
+                       '(fewer once two agree to 5%).')
+  flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')
+  flags.DEFINE_string('out', None, 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

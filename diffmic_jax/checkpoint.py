@@ -19,13 +19,15 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from diffmic_jax.errors import UserError
+
 # Fields that change parameter shapes or meaning: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'model.small_stem',
                 'model.width', 'model.feature_dim', 'model.prior_input', 'model.attention_dim',
                 'diffusion.timesteps')
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
   """The checkpoint was written by a run whose model does not fit this config."""
 
 

@@ -125,9 +125,9 @@ class Validator:
   def __init__(self, config, models, mesh):
     e = config.eval
     self.config, self.mesh = config, mesh
-    # '' / -1: the test chain itself, so the checkpoint is chosen by the metric that is reported.
+    # None: the test chain itself, so the checkpoint is chosen by the metric that is reported.
     self.spec = evaluate.SamplerSpec(e.val_sampler or e.sampler,
-                                     e.val_num_steps if e.val_num_steps > 0 else e.num_steps, 1)
+                                     e.val_num_steps or e.num_steps, 1)
     self.predict = evaluate.make_predict_fn(models, self.spec)
     self.batches = data.make_eval_iterator(
         config.data, config.data.val_split, image_size=config.image_size,

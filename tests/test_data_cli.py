@@ -44,6 +44,7 @@ def _eval_count(cfg, split, size):
   return int(sum(b['mask'].sum() for b in batches))
 
 
+@pytest.mark.slow
 def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
   """A custom stored size given as JSON lands where `prepare` (data.stored_size=64) looks."""
   folder = aptos_subset(data_root, tmp_path / 'f', per_split=12)
@@ -68,6 +69,7 @@ def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
   assert _eval_count(by_cli, 'test', 64) == 12
 
 
+@pytest.mark.slow
 def test_cli_build_real_aptos_listed_config(data_root, tmp_path):
   """The documented command on the real 224 px APTOS folder, capped at 5 examples per split."""
   _tfds_build('aptos2019', '--config=diffmic_224',
@@ -115,6 +117,7 @@ def _isic_layout(data_root, root, n_train=30, test_per_class=1, header_only=Fals
   return root
 
 
+@pytest.mark.slow
 def test_isic_official_test_set_through_cli(data_root, tmp_path):
   """Synthetic layout: real HAM10000 images posing as the official test images (see above)."""
   manual = _isic_layout(data_root, tmp_path / 'manual')

@@ -162,6 +162,7 @@ def test_real_images_224_stored_read_at_64(aptos_folder):
   assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].mean() > 10
 
 
+@pytest.mark.slow
 def test_worker_processes(aptos_folder):
   cfg = data_cfg(**{**aptos_folder.to_dict(), 'num_workers': 2})
   it = data.make_train_iterator(cfg, image_size=64, global_batch_size=4, seed=0)

@@ -4,9 +4,11 @@ and the predict function's `encoder_images` argument on a real (tiny) model."""
 import jax
 import numpy as np
 
-from bench import diffusion_vs_dcg as dvd
 from configs import demo
+from conftest import load_bench_script
 from diffmic_jax import evaluate, train_state
+
+dvd = load_bench_script('diffusion_vs_dcg')
 
 
 def test_deranged_rows_send_every_real_row_elsewhere():

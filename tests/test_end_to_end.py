@@ -18,6 +18,8 @@ import pytest
 from configs import demo
 from diffmic_jax import checkpoint, inference
 
+pytestmark = pytest.mark.slow  # Three subprocess training runs.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/demo.py:smoke', '--config.train.epochs=3']
 TOTAL = 12  # 3 steps per epoch: 1 epoch of stage 1, 3 of stage 2.

@@ -18,6 +18,8 @@ from conftest import GCS_BUCKET
 from diffmic_jax import data
 from diffmic_jax.data import dataset, staging
 
+pytestmark = pytest.mark.slow  # A GCS server and dataset builds.
+
 URL = f'gs://{GCS_BUCKET}/tfds'
 BUILT = 'packaged/demo/retinamnist/1.0.0'  # <source id>/<name>/<config>/<version>
 SHARD = 'demo-train.array_record-00000-of-00001'

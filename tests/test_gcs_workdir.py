@@ -23,6 +23,8 @@ from conftest import GCS_BUCKET as BUCKET, REPO
 from diffmic_jax import checkpoint, data, report
 from diffmic_jax.metric_writer import MetricWriter
 
+pytestmark = pytest.mark.slow  # A GCS server and a subprocess of main.
+
 
 @pytest.fixture(scope='module')
 def prepared(gcs, tmp_path_factory):

@@ -33,6 +33,8 @@ import pytest
 from configs import demo
 from diffmic_jax import inference
 
+pytestmark = pytest.mark.slow  # Two-process training jobs.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = ['--config=configs/demo.py:smoke']
 DEADLINE_S = 300  # Per job: room for cold compilation on a small, loaded CPU host.

@@ -41,6 +41,7 @@ def _assert_metrics_equal(one, eight, keys=None, rtol=1e-5):
       np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_parameters(setup):
   # One DCG step, then one joint step, with plain SGD: an update is lr x gradient, so equal
   # parameters mean equal gradients. Adam divides by sqrt(v), which turns float noise in gradients

@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import profile_step
+from conftest import load_bench_script
+
+profile_step = load_bench_script('profile_step')
 
 
 @pytest.fixture(scope='module')
