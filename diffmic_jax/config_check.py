@@ -115,7 +115,9 @@ RULES = {
     'train.ema_decay': decay,
     'train.eval_with_ema': boolean,
     'train.log_every_steps': positive,
-    'train.checkpoint_every_steps': positive,
+    'train.checkpoint_every_steps': optional_positive,
+    'train.checkpoint_every_minutes': lambda v: (
+        v is None or (_number(v) and v >= 0), 'a number of minutes >= 0, or None'),
     'train.max_to_keep': positive,
     'train.eval_every_epochs': positive,
     'train.select_metric': one_of(SELECT_METRICS),

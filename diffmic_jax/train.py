@@ -71,11 +71,6 @@ def initial_state(config, models: train_state.Models, mesh):
   return jax.device_put(state, parallel.replicated(mesh))
 
 
-def cpu_tuning(config) -> bool:
-  """Whether the CPU-only tuning applies: `config.cpu_tuning` set and the backend is the CPU."""
-  return bool(config.get('cpu_tuning', False)) and jax.default_backend() == 'cpu'
-
-
 def xla_options() -> dict:
   """On CPU, XLA's memory-optimised instruction scheduler (used when `config.cpu_tuning` is set).
 
@@ -204,7 +199,7 @@ def _set_up(config, workdir: str) -> _Run:
   spe = steps_per_epoch(config)
   pre_steps = config.train.dcg_pretrain_epochs * spe
   run = _Run(config, workdir, mesh, train_state.build_models(config, spe), spe, pre_steps,
-             total=pre_steps + config.train.epochs * spe, tuned=cpu_tuning(config),
+             total=pre_steps + config.train.epochs * spe, tuned=train_state.cpu_tuned(config),
              train_iter=data.make_train_iterator(
                  config.data, image_size=config.image_size,
                  global_batch_size=config.train.batch_size, seed=config.seed,
@@ -214,7 +209,7 @@ def _set_up(config, workdir: str) -> _Run:
   run.writer = MetricWriter(workdir, resumed_step=run.step)
   run.validator = Validator(config, run.models, mesh)
   run.pretrain, run.joint = compiled_steps(run.models, mesh, run.tuned)
-  minutes = config.train.get('checkpoint_every_minutes', None)
+  minutes = config.train.checkpoint_every_minutes
   run.boundary = preemption.StepBoundary(mesh, None if minutes is None else 60.0 * minutes)
   logging.info('%d steps per epoch; stage 1: %d steps, stage 2: %d steps; %d devices, %d processes',
                spe, pre_steps, run.total - pre_steps, mesh.devices.size, jax.process_count())

@@ -4,15 +4,15 @@ import json
 
 import pytest
 
-from configs import demo
-from diffmic_jax import data, train
+from configs import default, demo
+from diffmic_jax import data, train, train_state
 
 
 def test_cpu_tuning_is_opt_in():
-  config = demo.get_config('smoke')
-  assert not train.cpu_tuning(config)
+  config = default.get_config()
+  assert not train_state.cpu_tuned(config)
   config.cpu_tuning = True
-  assert train.cpu_tuning(config)  # The tests run on the CPU backend.
+  assert train_state.cpu_tuned(config)  # The tests run on the CPU backend.
 
 
 @pytest.mark.slow
