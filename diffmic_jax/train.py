@@ -18,8 +18,8 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffmic_jax import (checkpoint, data, evaluate, host_memory, parallel, pretrained, report,
-                         train_state)
+from diffmic_jax import checkpoint, data, host_memory, parallel, pretrained, train_state
+from diffmic_jax.evaluate import Validator, evaluate_splits
 from diffmic_jax.metric_writer import MetricWriter
 from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
 
@@ -36,11 +36,6 @@ class NonFiniteLossError(FloatingPointError):
 def _keys(seed: int):
   root = jax.random.key(seed)
   return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
-
-
-def uses_ema(config) -> bool:
-  """Whether evaluation reads the EMA of the epsilon-network params (see config.train)."""
-  return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
 
 
 def steps_per_epoch(config) -> int:
@@ -114,33 +109,6 @@ def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> No
   if bad:
     msg += f'; checkpoints {bad} hold the diverged parameters: delete them before resuming'
   raise NonFiniteLossError(msg)
-
-
-class Validator:
-  """Validation on config.data.val_split: picks the best checkpoint by config.train.select_metric."""
-
-  def __init__(self, config, models, mesh):
-    e = config.eval
-    self.config, self.mesh = config, mesh
-    # '' / -1: the test chain itself, so the checkpoint is chosen by the metric that is reported.
-    self.spec = evaluate.SamplerSpec(e.val_sampler or e.sampler,
-                                     e.val_num_steps if e.val_num_steps > 0 else e.num_steps, 1)
-    self.predict = evaluate.make_predict_fn(models, self.spec)
-    self.batches = data.make_eval_iterator(
-        config.data, config.data.val_split, image_size=config.image_size,
-        global_batch_size=e.batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count())
-
-  def __call__(self, state, joint: bool) -> dict:
-    eps_params = state.eval_eps_params(uses_ema(self.config))
-    pred = evaluate.predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
-                                  self.batches, self.mesh, _keys(self.config.seed)['eval'])
-    res = evaluate.split_results(pred, self.config.num_classes, self.config.data.val_split,
-                                 self.spec.describe(self.config.diffusion.timesteps))
-    scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
-    if joint:
-      scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
-    return scores
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -248,29 +216,3 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = evaluate_splits(config, workdir, models, mesh, state, chosen)
   ckpt.close()
   return results
-
-
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
-  e = config.eval
-  spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-  predict = evaluate.make_predict_fn(models, spec)
-  use_ema = uses_ema(config)
-  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
-  out = {}
-  for split in e.splits:
-    batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
-                                      global_batch_size=e.batch_size,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-    n = data.num_examples(config.data, split)
-    with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
-      pred = evaluate.predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
-                                    _keys(config.seed)['eval'], progress=bar)
-    protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
-                f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
-    res = evaluate.split_results(pred, config.num_classes, split, protocol)
-    if jax.process_index() == 0:
-      paths = report.write_report(res, os.path.join(workdir, 'reports'), split)
-      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
-    out[split] = res
-  return out
