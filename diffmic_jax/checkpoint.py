@@ -18,6 +18,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Fields that change parameter shapes or meaning: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'model.small_stem',
@@ -118,7 +119,7 @@ class Checkpointer:
 
 def check_workdir(config, workdir: str) -> None:
   """Refuses, before anything is written, a workdir whose checkpoints another model config wrote."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')) and '://' not in workdir:
+  if not (epath.Path(workdir) / 'checkpoints').exists():  # Local or gs://.
     return
   ckpt = Checkpointer(workdir, read_only=True)
   try:
