@@ -14,7 +14,6 @@ everything has run.
 
 import dataclasses
 import functools
-import json
 import re
 
 import jax
@@ -31,6 +30,7 @@ from diffmic_jax.data.normalize import normalize
 from diffmic_jax.data.preprocess import decode
 from diffmic_jax.models import EpsilonNet, priors as dcg_priors
 from diffmic_jax.train_state import Models
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
