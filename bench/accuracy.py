@@ -12,9 +12,9 @@ Config overrides take main's form, `--config.FIELD=VALUE`; they are checked here
 starts and passed on to every run.
 
 `--resample=truncated,matched,full` then re-evaluates each seed's validation-chosen checkpoint with
-each of those samplers on the validation split and on --split (`--mode=evaluate`; the training
-run's own reports are kept in `reports_train/`), and summarises them per sampler: the validation
-columns are where a sampler may honestly be chosen.
+each of those samplers on the validation split and on --split (`--mode=evaluate`, written to
+`<seed workdir>/resample_<sampler>/eval/step_<N>/<split>/`), and summarises them per sampler: the
+validation columns are where a sampler may honestly be chosen.
 
 Writes bench/results/accuracy_<name>.json (or --out). Long: run it in the background with a log.
 A seed whose run fails is reported with its log's path and left out of the summary, never hidden.
@@ -23,7 +23,6 @@ A seed whose run fails is reported with its log's path and left out of the summa
 import concurrent.futures
 import json
 import pathlib
-import shutil
 import statistics
 import subprocess
 import sys
@@ -66,8 +65,6 @@ def prepare(args) -> None:
 def run_seed(args, seed: int) -> dict | None:
   work = pathlib.Path(args.workdir) / f'seed{seed}'
   report = work / 'reports' / f'{args.split}.json'
-  if (work / 'reports_train').exists():  # Re-sampled earlier: the training run's report is here.
-    report = work / 'reports_train' / f'{args.split}.json'
   if not report.exists():
     log_path = pathlib.Path(args.workdir) / f'seed{seed}.log'
     with open(log_path, 'w') as log:
@@ -82,16 +79,15 @@ def run_seed(args, seed: int) -> dict | None:
 def resample(args, seed: int, sampler: str) -> dict[str, dict]:
   """A finished seed's chosen checkpoint evaluated with `sampler` on the validation and --split."""
   work = pathlib.Path(args.workdir) / f'seed{seed}'
-  saved = work / f'reports_{sampler}'
+  saved = work / f'resample_{sampler}'
   if not saved.exists():
-    if not (work / 'reports_train').exists():
-      shutil.copytree(work / 'reports', work / 'reports_train')
     cmd = _main_cmd(args, work, '--mode=evaluate', '--checkpoint=best', f'--config.seed={seed}') + [
-        f'--config.eval.sampler={sampler}', f"--config.eval.splits=('{args.val_split}','{args.split}')"]
+        f'--output_dir={saved}', f'--config.eval.sampler={sampler}',
+        f"--config.eval.splits=('{args.val_split}','{args.split}')"]
     with open(pathlib.Path(args.workdir) / f'seed{seed}_{sampler}.log', 'w') as log:
       subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    shutil.copytree(work / 'reports', saved)
-  return {split: json.loads((saved / f'{split}.json').read_text()) for split in (args.val_split, args.split)}
+  return {split: json.loads(next(saved.glob(f'eval/step_*/{split}/report.json')).read_text())
+          for split in (args.val_split, args.split)}
 
 
 def summarise(results: list[dict]) -> dict:

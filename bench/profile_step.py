@@ -21,6 +21,7 @@ freed memory (host_memory.py).
 """
 
 import collections
+import contextlib
 import glob
 import json
 import math
@@ -156,15 +157,50 @@ def concurrency(events: list) -> dict:
           'span_s': (points[-1][0] - points[0][0]) / 1e9}
 
 
+def _scoped(fn, name: str):
+  import jax
+
+  def wrapped(*args, **kwargs):
+    with jax.named_scope(name):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+@contextlib.contextmanager
+def add_scopes(models):
+  """Yields `models` whose steps name the optimizers', the EMA's and the MMD's operations.
+
+  The package's steps carry no profiler scopes: the optimizers are wrapped here, and the MMD and
+  EMA functions the steps call are swapped for scoped ones while the context is open (trace and
+  compile inside it).
+  """
+  import dataclasses
+  import optax
+  from diffmic_jax import losses, train_steps
+
+  def scoped_tx(tx, name):
+    return optax.GradientTransformation(_scoped(tx.init, name), _scoped(tx.update, name))
+
+  saved = losses.rbf_mmd, train_steps._ema
+  losses.rbf_mmd, train_steps._ema = _scoped(saved[0], 'mmd'), _scoped(saved[1], 'ema')
+  try:
+    yield dataclasses.replace(models, dcg_tx=scoped_tx(models.dcg_tx, 'dcg_optimizer'),
+                              eps_tx=scoped_tx(models.eps_tx, 'eps_optimizer'))
+  finally:
+    losses.rbf_mmd, train_steps._ema = saved
+
+
 def run(args) -> dict:
   import jax
   from bench.train_speed import setup
   from diffmic_jax import parallel, train
 
   models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch)
-  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
-  fn, extra = (joint, (jax.random.key(1),)) if args.step == 'joint' else (pre, ())
-  compiled = fn.lower(state, batch, *extra).compile()
+  with add_scopes(models) as scoped:
+    pre, joint = train.compiled_steps(scoped, parallel.make_mesh(jax.devices()[:1]),
+                                      cpu_tuning=True)
+    fn, extra = (joint, (jax.random.key(1),)) if args.step == 'joint' else (pre, ())
+    compiled = fn.lower(state, batch, *extra).compile()
   hlo = parse_hlo(compiled.as_text())
   # Warm-up until two calls in a row agree: the heap grows on the first calls, and on JAX 0.12
   # the first two joint steps run about 1.5-2x slower than steady ones.

@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
+  c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
   return c
 
 

@@ -22,8 +22,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffmic_jax import (checkpoint, data, evaluate, host_memory, parallel, preemption, pretrained,
-                         progress, report, train_state)
+from diffmic_jax import (checkpoint, data, host_memory, parallel, preemption, pretrained, progress,
+                         report, train_state)
+from diffmic_jax.errors import UserError
+from diffmic_jax.evaluate import Validator, evaluate_splits
 from diffmic_jax.metric_writer import MetricWriter
 from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
 
@@ -32,31 +34,21 @@ class NonFiniteLossError(FloatingPointError):
   """A training loss became NaN or infinite."""
 
 
-@functools.lru_cache(maxsize=None)
-def _keys(seed: int):
-  root = jax.random.key(seed)
-  return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
-
-
-def uses_ema(config) -> bool:
-  """Whether evaluation reads the EMA of the epsilon-network params (see config.train)."""
-  return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
-
-
 def steps_per_epoch(config) -> int:
   """config.train.steps_per_epoch if set, else whole batches of the train split."""
   if (fixed := config.train.steps_per_epoch) is not None and fixed > 0:
     return fixed
   n = data.num_examples(config.data, config.data.train_split)
   if n < config.train.batch_size:
-    raise ValueError(f'train split has {n} examples, fewer than one batch of {config.train.batch_size}')
+    raise UserError(f'train split has {n} examples, fewer than one batch of '
+                    f'{config.train.batch_size}: lower train.batch_size or add images')
   return n // config.train.batch_size
 
 
 def initial_state(config, models: train_state.Models, mesh):
   """Random init, then any converted ImageNet weights; replicated over the mesh."""
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=config.image_size))(
-      _keys(config.seed)['init'])
+      train_state.keys(config.seed)['init'])
   if config.model.pretrained or config.model.eps_pretrained:
     dcg_vars, eps_vars = state.dcg.variables(), state.eps.variables()
     if config.model.pretrained:
@@ -112,33 +104,6 @@ def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> No
   if bad:
     msg += f'; checkpoints {bad} hold the diverged parameters: delete them before resuming'
   raise NonFiniteLossError(msg)
-
-
-class Validator:
-  """Validation on config.data.val_split: picks the best checkpoint by config.train.select_metric."""
-
-  def __init__(self, config, models, mesh):
-    e = config.eval
-    self.config, self.mesh = config, mesh
-    # None: the test chain itself, so the checkpoint is chosen by the metric that is reported.
-    self.spec = evaluate.SamplerSpec(e.val_sampler or e.sampler,
-                                     e.val_num_steps or e.num_steps, 1)
-    self.predict = evaluate.make_predict_fn(models, self.spec)
-    self.batches = data.make_eval_iterator(
-        config.data, config.data.val_split, image_size=config.image_size,
-        global_batch_size=e.batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count())
-
-  def __call__(self, state, joint: bool) -> dict:
-    eps_params = state.eval_eps_params(uses_ema(self.config))
-    pred = evaluate.predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
-                                  self.batches, self.mesh, _keys(self.config.seed)['eval'])
-    res = evaluate.split_results(pred, self.config.num_classes, self.config.data.val_split,
-                                 self.spec.describe(self.config.diffusion.timesteps))
-    scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
-    if joint:
-      scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
-    return scores
 
 
 @dataclasses.dataclass
@@ -241,7 +206,7 @@ def _stage_1_pretrain_dcg(run: _Run) -> None:
 def _stage_2_joint(run: _Run) -> None:
   """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
   a resumed run draws the noise and timesteps an uninterrupted run drew."""
-  key = _keys(run.config.seed)['train']
+  key = train_state.keys(run.config.seed)['train']
   _train(run, 'stage 2 (joint)', run.pre_steps, run.total,
          lambda state, batch, step: run.joint(state, batch, jax.random.fold_in(key, step)))
 
@@ -373,29 +338,3 @@ def _final_evaluation(run: _Run) -> dict:
   results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
   run.ckpt.close()
   return results
-
-
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
-  e = config.eval
-  spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-  predict = evaluate.make_predict_fn(models, spec)
-  use_ema = uses_ema(config)
-  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
-  out = {}
-  for split in e.splits:
-    batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
-                                      global_batch_size=e.batch_size,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-    n = data.num_examples(config.data, split)
-    with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
-      pred = evaluate.predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
-                                    _keys(config.seed)['eval'], progress=bar)
-    protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
-                f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
-    res = evaluate.split_results(pred, config.num_classes, split, protocol)
-    if jax.process_index() == 0:
-      paths = report.write_report(res, os.path.join(workdir, 'reports'), split)
-      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
-    out[split] = res
-  return out

@@ -7,6 +7,7 @@ epsilon network, the step), so one Orbax save captures a resumable run and one s
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -38,6 +39,13 @@ class TrainState:
 
   def eval_eps_params(self, use_ema: bool):
     return self.ema_params if use_ema else self.eps.params
+
+
+@functools.lru_cache(maxsize=None)
+def keys(seed: int) -> dict:
+  """The run's per-purpose keys ('init', 'train', 'eval'), each folded from the one root key."""
+  root = jax.random.key(seed)
+  return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
 
 
 @dataclasses.dataclass(frozen=True)

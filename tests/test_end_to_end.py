@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from diffmic_jax import checkpoint, inference
-
-pytestmark = pytest.mark.slow  # Three subprocess training runs.
+from diffmic_jax import checkpoint, evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/demo.py:smoke', '--config.train.epochs=3']
@@ -168,14 +166,14 @@ def test_evaluate_and_predict_from_checkpoint(runs):
   config = demo.get_config('smoke')
   config.train.epochs = 3
   config.data.data_dir = runs['data_dir']
-  results = inference.evaluate_checkpoint(config, str(runs['straight']), 'best')
+  results = evaluate.evaluate_checkpoint(config, str(runs['straight']), 'best')
   saved = json.loads((runs['straight'] / 'reports' / 'test.json').read_text())
   assert results['test']['diffusion']['accuracy'] == pytest.approx(saved['diffusion']['accuracy'])
   config.eval.save_saliency = True
-  out = inference.predict(config, str(runs['straight']), 'test', 'latest')
+  out = evaluate.predict(config, str(runs['straight']), 'latest', split='test')
   lines = pathlib.Path(out['test']['csv']).read_text().splitlines()
   assert len(lines) == 401
-  assert list((runs['straight'] / 'predictions' / 'test_saliency').glob('*.png'))
+  assert list((pathlib.Path(out['test']['dir']) / 'saliency').glob('*.png'))
 
 
 def test_checkpoint_of_another_model_is_refused(runs):
@@ -183,4 +181,4 @@ def test_checkpoint_of_another_model_is_refused(runs):
   config.data.data_dir = runs['data_dir']
   config.model.feature_dim = 32
   with pytest.raises(checkpoint.ConfigMismatchError, match='model.feature_dim'):
-    inference.restore(config, str(runs['straight']), 'best')
+    evaluate.restore(config, str(runs['straight']), 'best')

@@ -31,7 +31,7 @@ import portpicker
 import pytest
 
 from configs import demo
-from diffmic_jax import inference
+from diffmic_jax import evaluate
 
 pytestmark = pytest.mark.slow  # Two-process training jobs.
 
@@ -123,7 +123,7 @@ def test_parameters_equal_one_process(runs):
   state = {}
   for name, which in (('two', '6'), ('one', '6'), ('one_4', '4')):
     workdir = runs['two' if name == 'two' else 'one']
-    state[name] = jax.device_get(inference.restore(config, str(workdir), which)[2])
+    state[name] = jax.device_get(evaluate.restore(config, str(workdir), which).state)
   assert int(state['two'].step) == int(state['one'].step) == 6
   leaves = lambda s: jax.tree_util.tree_leaves_with_path(
       {'dcg': s.dcg.params, 'eps': s.eps.params, 'bn': (s.dcg.batch_stats, s.eps.batch_stats)})
@@ -140,7 +140,7 @@ def test_parameters_equal_one_process(runs):
 def test_evaluation_after_restore_equals_one_process(runs):
   # The fresh two-process evaluate job restored the best checkpoint (every process joined) and
   # evaluated the padded test split: 400 examples, each once, same scores as both references.
-  two = json.loads((runs['two'] / 'reports' / 'test.json').read_text())
+  two = json.loads((runs['two'] / 'eval' / 'step_6' / 'test' / 'report.json').read_text())
   one = json.loads((runs['one'] / 'reports' / 'test.json').read_text())
   for report in (two, runs['two_train_report']):
     assert report['n'] == one['n'] == 400
