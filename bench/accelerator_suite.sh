@@ -34,9 +34,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 part 110 train_speed_resnet50 "$PY" bench/train_speed.py --dcg_backbone=resnet50 --steps=5 \
   --data_root="$DATA_ROOT" --out="$R/train_speed_resnet50.json"
 part 60 train_speed_resnet50_bf16 "$PY" bench/train_speed.py --dcg_backbone=resnet50 --steps=5 \
-  --dtype=bfloat16 --no-parts --data_root="$DATA_ROOT" --out="$R/train_speed_resnet50_bfloat16.json"
+  --dtype=bfloat16 --noparts --data_root="$DATA_ROOT" --out="$R/train_speed_resnet50_bfloat16.json"
 part 55 train_speed_resnet18 "$PY" bench/train_speed.py --dcg_backbone=resnet18 --steps=5 \
-  --no-parts --data_root="$DATA_ROOT" --out="$R/train_speed_resnet18.json"
+  --noparts --data_root="$DATA_ROOT" --out="$R/train_speed_resnet18.json"
 part 90 sampling_speed "$PY" bench/sampling_speed.py --repeats=3 --data_root="$DATA_ROOT" \
   --out="$R/sampling_speed.json"
 # conv.py's matmul forms were chosen on CPU; this shows whether they cost anything here.
@@ -49,7 +49,7 @@ fi
 # Accuracy: the benches (3 seeds each) share the chip; each process allocates GPU memory as it needs it.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 epochs=()
-[ -n "${ACC_EPOCHS:-}" ] && epochs=(--override=train.epochs="$ACC_EPOCHS")
+[ -n "${ACC_EPOCHS:-}" ] && epochs=(--config.train.epochs="$ACC_EPOCHS")
 t0=$SECONDS
 cap=${ACC_CAP:-300}
 left=$(( ${SUITE_BUDGET:-100000} - SECONDS - 15 ))
@@ -59,7 +59,7 @@ for ds in aptos isic; do
   for scheme in ${ACC_SCHEMES:-diffmic grouped}; do
     timeout "$cap" "$PY" bench/accuracy.py --config=configs/reduced.py:$ds --seeds=0,1,2 \
       --parallel=3 --workdir="$OUT/work/${ds}_$scheme" --out="$R/accuracy_${ds}64_$scheme.json" \
-      --override=data.data_dir="$TFDS_DIR" --override=data.builder_config=$scheme "${epochs[@]}" \
+      --config.data.data_dir="$TFDS_DIR" --config.data.builder_config=$scheme "${epochs[@]}" \
       > "$R/accuracy_${ds}64_$scheme.log" 2>&1 &
   done
 done

@@ -6,33 +6,52 @@ once, for an accelerator that one small run leaves idle), then reads each run's
 the diffusion (mean probability), with the protocol line of the runs:
 
     python bench/accuracy.py --config=configs/demo.py --seeds=0,1,2 --workdir=/tmp/acc \
-        [--override=train.epochs=40 --override=model.width=64 ...]
+        [--config.train.epochs=40 --config.model.width=64 ...]
+
+Config overrides take main's form, `--config.FIELD=VALUE`; they are checked here before any run
+starts and passed on to every run.
 
 `--resample=truncated,matched,full` then re-evaluates each seed's validation-chosen checkpoint with
-each of those samplers on the validation split and on --split (`--mode=evaluate`; the training
-run's own reports are kept in `reports_train/`), and summarises them per sampler: the validation
-columns are where a sampler may honestly be chosen.
+each of those samplers on the validation split and on --split (`--mode=evaluate`, written to
+`<seed workdir>/resample_<sampler>/eval/step_<N>/<split>/`), and summarises them per sampler: the
+validation columns are where a sampler may honestly be chosen.
 
 Writes bench/results/accuracy_<name>.json (or --out). Long: run it in the background with a log.
 A seed whose run fails is reported with its log's path and left out of the summary, never hidden.
 """
 
-import argparse
 import concurrent.futures
 import json
 import pathlib
-import shutil
 import statistics
 import subprocess
 import sys
+import types
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from diffmic_jax import config_check  # noqa: E402
+
+config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Config file (configs/*.py[:arg]).',
+                                lock_config=True)
+flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated seeds.')
+flags.DEFINE_string('workdir', None, 'Runs go to <workdir>/seed<N>.', required=True)
+flags.DEFINE_string('split', 'test', 'The split each run reports.')
+flags.DEFINE_string('name', None, "Result name (default: the config file's name).")
+flags.DEFINE_integer('parallel', 1, 'Seeds run at once.')
+flags.DEFINE_string('out', None, 'JSON path (default bench/results/accuracy_<name>.json).')
+flags.DEFINE_string('resample', '', 'Samplers to re-evaluate the chosen checkpoints with.')
+flags.DEFINE_string('val_split', 'validation', 'The validation split.')
 METRICS = ('accuracy', 'macro_f1', 'balanced_accuracy', 'kappa_quadratic', 'auc_ovr_macro')
 
 
 def _main_cmd(args, work: pathlib.Path, *extra: str) -> list[str]:
   return [sys.executable, '-m', 'diffmic_jax.main', f'--config={args.config}', f'--workdir={work}',
-          *extra] + [f'--config.{o}' for o in args.override]
+          *extra, *args.override]
 
 
 def prepare(args) -> None:
@@ -46,8 +65,6 @@ def prepare(args) -> None:
 def run_seed(args, seed: int) -> dict | None:
   work = pathlib.Path(args.workdir) / f'seed{seed}'
   report = work / 'reports' / f'{args.split}.json'
-  if (work / 'reports_train').exists():  # Re-sampled earlier: the training run's report is here.
-    report = work / 'reports_train' / f'{args.split}.json'
   if not report.exists():
     log_path = pathlib.Path(args.workdir) / f'seed{seed}.log'
     with open(log_path, 'w') as log:
@@ -62,16 +79,15 @@ def run_seed(args, seed: int) -> dict | None:
 def resample(args, seed: int, sampler: str) -> dict[str, dict]:
   """A finished seed's chosen checkpoint evaluated with `sampler` on the validation and --split."""
   work = pathlib.Path(args.workdir) / f'seed{seed}'
-  saved = work / f'reports_{sampler}'
+  saved = work / f'resample_{sampler}'
   if not saved.exists():
-    if not (work / 'reports_train').exists():
-      shutil.copytree(work / 'reports', work / 'reports_train')
     cmd = _main_cmd(args, work, '--mode=evaluate', '--checkpoint=best', f'--config.seed={seed}') + [
-        f'--config.eval.sampler={sampler}', f"--config.eval.splits=('{args.val_split}','{args.split}')"]
+        f'--output_dir={saved}', f'--config.eval.sampler={sampler}',
+        f"--config.eval.splits=('{args.val_split}','{args.split}')"]
     with open(pathlib.Path(args.workdir) / f'seed{seed}_{sampler}.log', 'w') as log:
       subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-    shutil.copytree(work / 'reports', saved)
-  return {split: json.loads((saved / f'{split}.json').read_text()) for split in (args.val_split, args.split)}
+  return {split: json.loads(next(saved.glob(f'eval/step_*/{split}/report.json')).read_text())
+          for split in (args.val_split, args.split)}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -85,19 +101,22 @@ def summarise(results: list[dict]) -> dict:
   return out
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--config', default='configs/demo.py')
-  p.add_argument('--seeds', default='0,1,2')
-  p.add_argument('--workdir', required=True)
-  p.add_argument('--split', default='test')
-  p.add_argument('--override', action='append', default=[], help='config field=value, repeatable')
-  p.add_argument('--name', default=None)
-  p.add_argument('--parallel', type=int, default=1, help='seeds run at once')
-  p.add_argument('--out', default=None, help='JSON path (default bench/results/accuracy_<name>.json)')
-  p.add_argument('--resample', default='', help='samplers to re-evaluate the chosen checkpoints with')
-  p.add_argument('--val_split', default='validation')
-  args = p.parse_args()
+def parse_args() -> types.SimpleNamespace:
+  """The flags, with the config file argument and the `--config.*` overrides as given."""
+  f = flags.FLAGS
+  config_check.validate(f.config)
+  given = [a for a in sys.argv[1:] if a.startswith('--config=')]
+  config = given[-1].split('=', 1)[1] if given else f['config'].default_as_str.strip("'")
+  overrides = [a for a in sys.argv[1:] if a.startswith('--config.')]
+  return types.SimpleNamespace(config=config, override=overrides, seeds=f.seeds, workdir=f.workdir,
+                               split=f.split, name=f.name, parallel=f.parallel, out=f.out,
+                               resample=f.resample, val_split=f.val_split)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  args = parse_args()
   pathlib.Path(args.workdir).mkdir(parents=True, exist_ok=True)
   prepare(args)
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -138,4 +157,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

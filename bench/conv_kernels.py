@@ -1,23 +1,24 @@
 """Convolution kernels: XLA's convolution against the forms `diffmic_jax.models.conv` uses.
 
 Times forward, input gradient and kernel gradient of single ResNet50 layers, each jitted alone,
-with flax's nn.Conv / nn.max_pool ("xla") and with conv.Conv / conv.max_pool_3x3_s2 ("ours", which
+with flax's nn.Conv / nn.max_pool ("xla") and with conv.py's cpu_tuning forms ("ours", which
 picks a matmul form for 1x1 kernels and for 3x3 outputs of <= 4 pixels and XLA's convolution
 otherwise, so rows where both run the same kernel show the timing noise). Shapes: the global
 stream at 224 px, batch 32, and the local stream's 32 px tiles, batch 32 x 6 = 192.
 
     python bench/conv_kernels.py [--repeats=3]
 
-Prints a table and writes bench/results/conv_kernels.json. This is where the numbers in
-conv.py's docstring come from; rerun it on a new backend before trusting them there.
+Prints a table and writes bench/results/conv_kernels.json: what config.cpu_tuning's convolution
+forms gain on this backend.
 """
 
-import argparse
 import json
 import pathlib
 import platform
 import sys
 import time
+
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -65,12 +66,12 @@ def time_layer(layer, repeats):
   x = jax.random.normal(jax.random.key(0), (b, side, side, cin))
   if k == 0:
     forms = {'xla': lambda v, x: nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)]),
-             'ours': lambda v, x: conv.max_pool_3x3_s2(x)}
+             'ours': lambda v, x: conv.max_pool_3x3_s2(x, cpu_tuning=True)}
     v = {}
   else:
     pad = (k - 1) // 2
     xla = nn.Conv(cout, (k, k), (s, s), padding=[(pad, pad)] * 2, use_bias=False)
-    ours = conv.Conv(cout, k, s)
+    ours = conv.conv(cout, k, s, cpu_tuning=True)
     v = ours.init(jax.random.key(1), x)
     forms = {'xla': xla.apply, 'ours': ours.apply}
   out = {}
@@ -89,11 +90,9 @@ def time_layer(layer, repeats):
   return out
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--repeats', type=int, default=3)
-  p.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'conv_kernels.json'))
-  args = p.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS
   import jax
   rows = []
   print(f"{'layer':40s} {'xla ms (fwd/dx/dw)':>26s} {'ours ms (fwd/dx/dw)':>26s} {'speed-up':>8s}")
@@ -113,5 +112,10 @@ def main():
   print(f'wrote {args.out}')
 
 
+def _define_flags():
+  flags.DEFINE_integer('repeats', 3, 'Timed repeats per layer.')
+  flags.DEFINE_string('out', str(REPO / 'bench' / 'results' / 'conv_kernels.json'), 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

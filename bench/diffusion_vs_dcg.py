@@ -31,7 +31,33 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffmic_jax import data, evaluate, inference, metrics, parallel, train  # noqa: E402
+from diffmic_jax import data, evaluate, metrics, parallel, sampling, train_state  # noqa: E402
+from diffmic_jax.data.normalize import normalize  # noqa: E402
+from diffmic_jax.models import EpsilonNet, priors as dcg_priors  # noqa: E402
+
+
+def make_predict_fn(models, spec: evaluate.SamplerSpec):
+  """evaluate.make_predict_fn with one more argument: jit(fn(dcg_vars, eps_vars, images, key,
+  encoder_images=None)).
+
+  `encoder_images`, when given, is what the epsilon network's encoder sees instead of `images`
+  (the DCG and its priors still see `images`): how much of the diffusion's prediction comes from
+  its own view of the image rather than from the DCG's prior.
+  """
+  def predict(dcg_vars, eps_vars, images, key, encoder_images=None):
+    x = normalize(images)
+    y_hat, y_hat_g, y_hat_l = dcg_priors(models.dcg.apply(dcg_vars, x, train=False))
+    cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
+    x_enc = x if encoder_images is None else normalize(encoder_images)
+    feats = models.eps.apply(eps_vars, x_enc, False, method=EpsilonNet.encode)
+    head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
+                                                  method=EpsilonNet.head)
+    probs = sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key,
+                                  method=spec.method, num_steps=spec.num_steps,
+                                  num_samples=spec.num_samples)
+    return {'dcg_prob': y_hat, 'sample_probs': probs}
+
+  return jax.jit(predict)
 
 
 def deranged_rows(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -68,15 +94,16 @@ def compare(labels, dcg_prob, diff_prob, shuffled_prob, num_classes: int) -> dic
 
 
 def run_seed(config, workdir: str, split: str, which: str) -> dict:
-  models, mesh, state, chosen = inference.restore(config, workdir, which)
+  restored = evaluate.restore(config, workdir, which)
+  models, mesh, state, chosen = restored.models, restored.mesh, restored.state, restored.description
   e = config.eval
   spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-  predict = evaluate.make_predict_fn(models, spec)
+  predict = make_predict_fn(models, spec)
   dcg_vars = state.dcg.variables()
-  eps_vars = state.eps.variables(state.eval_eps_params(train.uses_ema(config)))
+  eps_vars = state.eps.variables(state.eval_eps_params(evaluate.uses_ema(config)))
   batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
                                     global_batch_size=e.batch_size)
-  key, rng = train._keys(config.seed)['eval'], np.random.default_rng(config.seed)
+  key, rng = train_state.keys(config.seed)['eval'], np.random.default_rng(config.seed)
   keep = {'label': [], 'dcg': [], 'diff': [], 'shuf': []}
   for i, local in enumerate(batches):
     m = local['mask'].astype(bool)

@@ -9,7 +9,6 @@ times `make_train_iterator` (decode + flips + rotation, uint8 batches of 32) aft
 Prints a table and writes bench/results/input_pipeline.json.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -17,7 +16,7 @@ import pathlib
 import platform
 import time
 
-from absl import flags
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,18 +46,9 @@ def measure(cfg, *, batches: int, warmup: int, batch_size: int, image_size: int)
           'images': batches * batch_size}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data_root', default=os.environ.get(
-      'DIFFMIC_DATA_ROOT', str(REPO.parent / 'shared' / 'data')))
-  parser.add_argument('--data_dir', default='/tmp/diffmic_bench_tfds')
-  parser.add_argument('--batches', type=int, default=40)
-  parser.add_argument('--warmup', type=int, default=3)
-  parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'input_pipeline.json'))
-  args = parser.parse_args()
-  flags.FLAGS.mark_as_parsed()  # grain workers read absl flags.
+def main(argv):
+  del argv
+  args = flags.FLAGS
   from diffmic_jax import data  # pylint: disable=g-import-not-at-top
 
   cfg = _default_config().data
@@ -90,5 +80,16 @@ def main():
   print(f'wrote {args.out}')
 
 
+def _define_flags():
+  flags.DEFINE_string('data_root', os.environ.get('DIFFMIC_DATA_ROOT', str(REPO.parent / 'shared' / 'data')),
+                      'Folder holding aptos2019_224/.')
+  flags.DEFINE_string('data_dir', '/tmp/diffmic_bench_tfds', 'Where the dataset is built.')
+  flags.DEFINE_integer('batches', 40, 'Timed batches per setting.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed batches first.')
+  flags.DEFINE_integer('batch_size', 32, 'Batch size.')
+  flags.DEFINE_integer('image_size', 224, 'Side of the images read.')
+  flags.DEFINE_string('out', str(REPO / 'bench' / 'results' / 'input_pipeline.json'), 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

@@ -51,10 +51,12 @@ import sys
 import time
 import types
 
+from absl import app, flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# The official PyTorch code on a 2-core machine like this one, as quoted in issue 7 (also the
-# reference figures in train_speed.py / sampling_speed.py).
+# Reference figures for the official PyTorch code on a 2-core CPU (the same as in train_speed.py /
+# sampling_speed.py); this script's own run is compared against them.
 ISSUE_FIGURES = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'test_chain_60_s_per_batch': 66.8,
                  'joint_peak_gb': 10.1}
 
@@ -321,16 +323,9 @@ def table(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
-  p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads on CPU')
-  p.add_argument('--steps', type=int, default=3, help='timed iterations after one warm-up')
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--official_dir', default=str(REPO / '.official'))
-  p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
-  p.add_argument('--out', default=None)
-  args = p.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS
 
   def log(s):
     print(s, flush=True)
@@ -392,5 +387,15 @@ def main():
   log(f'wrote {out}')
 
 
+def _define_flags():
+  flags.DEFINE_enum('device', 'auto', ['auto', 'cpu', 'cuda'], 'Where torch runs.')
+  flags.DEFINE_integer('threads', 2, 'torch.set_num_threads on CPU.')
+  flags.DEFINE_integer('steps', 3, 'Timed iterations after one warm-up.')
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_string('official_dir', str(REPO / '.official'), 'Checkout of the official code.')
+  flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')
+  flags.DEFINE_string('out', None, 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

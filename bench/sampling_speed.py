@@ -14,11 +14,10 @@ marked as such.
 
     python bench/sampling_speed.py [--batch=32] [--repeats=2] [--dcg_backbone=resnet50]
 
-Like main.py, it first has glibc keep freed memory (host_memory.py); --no-keep_freed_memory
-measures glibc's default. Prints a table and writes bench/results/sampling_speed.json.
+By default it runs as config.cpu_tuning does on a CPU (glibc keeps freed memory, CPU forms of
+the convolutions); --nocpu_tuning measures the defaults. Prints a table and writes bench/results/sampling_speed.json.
 """
 
-import argparse
 import functools
 import json
 import pathlib
@@ -26,32 +25,22 @@ import statistics
 import sys
 import time
 
+from absl import app, flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from diffmic_jax import host_memory  # noqa: E402
 
-# As main.py does, first: the process re-executes itself with glibc's settings (host_memory.py).
-if '--no-keep_freed_memory' not in sys.argv:
-  host_memory.keep_freed_memory()
-
-# The official PyTorch code on a 2-core machine like this one (issue 7): 60-step chain 66.8 s per
-# batch of 32 (2.09 s per image); about 1,000 s per batch for the 1000-step chain.
+# Reference figures for the official PyTorch code on a 2-core CPU: 60-step chain 66.8 s per batch
+# of 32 (2.09 s per image); about 1,000 s per batch for the 1000-step chain.
 OFFICIAL = {'truncated_60_s_per_image': 2.09, 'full_1000_s_per_batch': 1000.0}
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--repeats', type=int, default=2)
-  p.add_argument('--dcg_backbone', default='resnet50', choices=['resnet50', 'resnet18'])
-  p.add_argument('--rerun_only', action='store_true',
-                 help='keep the cached-feature chains from --out, time only the re-run variant')
-  p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
-  p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
-                 help='glibc keeps freed memory, as in main.py (host_memory.py; read from '
-                 'sys.argv at import: the process re-executes itself before anything else)')
-  p.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'sampling_speed.json'))
-  args = p.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if args.cpu_tuning:  # First: the process re-executes itself with glibc's settings.
+    host_memory.keep_freed_memory()
 
   import jax
   import jax.numpy as jnp
@@ -62,6 +51,7 @@ def main():
 
   config = aptos.get_config()
   config.model.dcg_backbone = args.dcg_backbone
+  config.cpu_tuning = args.cpu_tuning
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
   batch = jax.device_put(real_batch(pathlib.Path(args.data_root), args.batch))
@@ -126,5 +116,17 @@ def main():
   print(f'wrote {args.out}')
 
 
+def _define_flags():
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_integer('repeats', 2, 'Timed repeats.')
+  flags.DEFINE_enum('dcg_backbone', 'resnet50', ['resnet50', 'resnet18'], 'DCG trunks.')
+  flags.DEFINE_bool('rerun_only', False, 'Keep the cached-feature chains from --out, time '
+                    'only the re-run variant.')
+  flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')
+  flags.DEFINE_bool('cpu_tuning', True, 'config.cpu_tuning: glibc keeps freed memory, CPU '
+                    'forms of the convolutions (--nocpu_tuning: the defaults).')
+  flags.DEFINE_string('out', str(REPO / 'bench' / 'results' / 'sampling_speed.json'), 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

@@ -7,10 +7,10 @@ steady-state seconds per step (median of --steps), images/s, peak resident memor
 outputs; temporaries: activations and gradients; on CPU the process peak, read before the
 parts below run, adds both compiled programs, the runtime and the heap glibc keeps), a profile
 of the joint step by part (DCG eval forward, epsilon network forward+backward with its three head
-passes, DCG update), and each steady-state step's page faults and kernel CPU time. Like main.py,
-it first has glibc keep freed memory (host_memory.py), and hands freed pages back where train.py
-does (after building the state and after each compilation); --no-keep_freed_memory measures
-glibc's default.
+passes, DCG update), and each steady-state step's page faults and kernel CPU time. By default it
+runs as config.cpu_tuning does on a CPU (glibc keeps freed memory, CPU forms of the convolutions,
+freed pages handed back after building the state and after each compilation); --nocpu_tuning
+measures the defaults.
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
 
@@ -18,7 +18,6 @@ Each configuration runs in its own process so peak memory is its own. Prints a t
 bench/results/train_speed_<backbone>.json.
 """
 
-import argparse
 import functools
 import json
 import os
@@ -29,16 +28,14 @@ import statistics
 import sys
 import time
 
+from absl import app, flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from diffmic_jax import host_memory  # noqa: E402
 
-# As main.py does, first: the process re-executes itself with glibc's settings (host_memory.py).
-if '--no-keep_freed_memory' not in sys.argv:
-  host_memory.keep_freed_memory()
-
-# The official PyTorch code on a 2-core machine like this one (issue 7): batch 32, 224 px,
-# ResNet50 DCG, real APTOS images.
+# Reference figures for the official PyTorch code on a 2-core CPU: batch 32, 224 px, ResNet50 DCG,
+# real APTOS images.
 OFFICIAL = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'joint_img_s': 1.42, 'joint_peak_gb': 10.1}
 
 
@@ -60,8 +57,8 @@ def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
   threaded: fn is a train step (state, ...) -> (state, metrics) jitted with the state donated, as
   train.py runs it; each call gets the previous call's state.
   queued (threaded only): each call is made before the previous one has finished and timed to the
-  previous one's end, as train.py dispatches on accelerators (on CPU it waits for each step:
-  README, Benchmarks > Memory).
+  previous one's end, as train.py dispatches on accelerators (with CPU tuning it waits for each
+  step; docs/benchmarks.md, Memory).
   """
   import jax
   t0 = time.perf_counter()
@@ -90,7 +87,8 @@ def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
   return compile_s, times[1:], buffers, kernel, out
 
 
-def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32'):
+def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32',
+          cpu_tuning: bool = True):
   """(models, initialised state, real batch on the device): the APTOS recipe at 224 px."""
   import jax
   from configs import aptos
@@ -99,6 +97,7 @@ def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32')
   config = aptos.get_config()
   config.model.dcg_backbone = dcg_backbone
   config.model.dtype = dtype
+  config.cpu_tuning = cpu_tuning
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
   batch = jax.device_put(real_batch(pathlib.Path(data_root), batch))
@@ -113,7 +112,8 @@ def run(args) -> dict:
   from diffmic_jax.data.normalize import normalize
   from diffmic_jax.models import priors as dcg_priors
 
-  models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype)
+  models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype,
+                               args.cpu_tuning)
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
@@ -123,7 +123,7 @@ def run(args) -> dict:
 
   # The steps exactly as train.py compiles them (state donated, its XLA options), on one device;
   # the parts below get the same options.
-  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
+  pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
   res['xla_options'] = train.xla_options()
   jit = functools.partial(jax.jit, compiler_options=res['xla_options'])
   # The joint step first: it is the headline figure, and on an accelerator whose compiler
@@ -182,23 +182,11 @@ def table(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--dcg_backbone', default='resnet50', choices=['resnet50', 'resnet18'])
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--steps', type=int, default=5)
-  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--parts', action=argparse.BooleanOptionalAction, default=True,
-                 help='also time the joint step part by part')
-  p.add_argument('--queued', action='store_true',
-                 help='make each train step call before the previous one has finished (what '
-                 'train.py does on accelerators, and did on CPU before it waited)')
-  p.add_argument('--data_root', default=str(REPO.parent / 'shared' / 'data'))
-  p.add_argument('--keep_freed_memory', action=argparse.BooleanOptionalAction, default=True,
-                 help='glibc keeps freed memory, as in main.py (host_memory.py; read from '
-                 'sys.argv at import: the process re-executes itself before anything else)')
-  p.add_argument('--out', default=None)
-  args = p.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  if args.cpu_tuning:  # First: the process re-executes itself with glibc's settings.
+    host_memory.keep_freed_memory()
   res = run(args)
   res['keep_freed_memory'] = host_memory.in_force()
   print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
@@ -210,5 +198,19 @@ def main():
   print(f'wrote {out}')
 
 
+def _define_flags():
+  flags.DEFINE_enum('dcg_backbone', 'resnet50', ['resnet50', 'resnet18'], 'DCG trunks.')
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_integer('steps', 5, 'Timed steps.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+  flags.DEFINE_bool('parts', True, 'Also time the joint step part by part.')
+  flags.DEFINE_bool('queued', False, 'Call each train step before the previous one has '
+                    'finished (what train.py does on accelerators).')
+  flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')
+  flags.DEFINE_bool('cpu_tuning', True, 'config.cpu_tuning: glibc keeps freed memory, CPU '
+                    'forms of the convolutions (--nocpu_tuning: the defaults).')
+  flags.DEFINE_string('out', None, 'JSON path.')
+
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  app.run(main)

@@ -6,27 +6,36 @@ what differs, each with its run recipe in its docstring. Run with
     python -m diffmic_jax.main --config=configs/aptos.py --workdir=/tmp/aptos
 
 and override any field on the command line (`--config.train.batch_size=64`). The config is locked:
-a misspelt field stops the run naming the field.
+a misspelt field stops the run naming the field, and `diffmic_jax/config_check.py` checks every
+value before any work starts. Every dataset config takes the argument `smoke`
+(`--config=configs/aptos.py:smoke`): the same pipeline shrunk to a minute on a CPU (`smoke` below).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 1234  # One root key; every other key is fold_in(root, purpose, step).
-  c.num_classes = 5  # K: length of the label vector the diffusion denoises.
+  # K: length of the label vector the diffusion denoises, checked against the dataset before any
+  # work. None: the dataset's (image_folder: the largest label + 1).
+  c.num_classes = ml_collections.FieldReference(5, field_type=int)
   c.image_size = 224  # Side of the square model input (after the stored-size crop/resize).
+  # CPU-only runs: glibc malloc settings (main re-executes itself once), XLA:CPU's memory-optimised
+  # scheduler and conv.py's matmul forms of the convolutions. Ignored on GPU and TPU.
+  c.cpu_tuning = False
 
   # ---- data (owned by diffmic_jax/data) ----
   c.data = ml_collections.ConfigDict()
   c.data.name = 'aptos2019'  # aptos2019 | isic2018 | image_folder | medmnist | demo.
   c.data.builder_config = 'diffmic'  # diffmic | grouped | official (isic2018); medmnist: file name.
   c.data.data_dir = '~/tensorflow_datasets'  # Where built array_record files live (gs:// ok).
-  c.data.manual_dir = ''  # Source images + CSV for building; '' means the builder default.
+  # Source images + CSV for building; builds are kept per manual_dir. None: the one build in
+  # data_dir, else <data_dir>/downloads/manual/<name>.
+  c.data.manual_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = 'train'
   c.data.val_split = 'validation'  # Checkpoint selection split. Never the test split.
-  c.data.test_split = 'test'
   c.data.horizontal_flip = True  # Official recipe: all datasets.
   c.data.vertical_flip = True  # Official recipe: fundus (APTOS) only.
   c.data.rotation_degrees = 30.0  # Uniform in [-d, d], bilinear, zero fill; 0 disables.
@@ -35,7 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.read_threads = 4  # Threads decoding images per process (PIL releases the GIL).
   c.data.prefetch_batches = 2  # Batches buffered ahead of the train step.
   c.data.stored_size = 224  # Side of the images stored at build time (crop + resize once).
-  c.data.num_classes = -1  # image_folder K (-1: largest label + 1); fixed for the others.
   c.data.skip_bad_examples = False  # Build: skip bad images/rows (listed in skipped.txt).
 
   # ---- model ----
@@ -51,8 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 6144  # Epsilon-network width (encoder projection and hidden layers).
   c.model.prior_input = 'fused'  # 'fused': [y_t, y_hat] (code); 'global_local': [y_t, y_g, y_l] (paper).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU halves activation memory).
-  c.model.pretrained = ''  # Converted ImageNet weights for the DCG backbones ('' = random init).
-  c.model.eps_pretrained = ''  # Same, for the epsilon-network encoder ('' = random, as official).
+  # Converted ImageNet weights (diffmic-convert-weights) for both DCG trunks; None: random init.
+  c.model.pretrained = config_dict.placeholder(str)
+  c.model.eps_pretrained = config_dict.placeholder(str)  # Its encoder's; None, as official.
 
   # ---- diffusion ----
   c.diffusion = ml_collections.ConfigDict()
@@ -78,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 32  # Global batch, split over all devices of all processes.
   c.train.dcg_pretrain_epochs = 15  # Stage 1: DCG alone, cross-entropy on the fused logits.
   c.train.epochs = 1000  # Stage 2: joint epsilon-network + DCG epochs.
-  c.train.steps_per_epoch = -1  # -1: len(train split) // batch_size.
+  c.train.steps_per_epoch = config_dict.placeholder(int)  # None: len(train split) // batch_size.
   c.train.dcg_lr = 2e-4  # Adam (amsgrad) for the DCG, constant, both stages.
   c.train.eps_lr = 1e-3  # Adam peak learning rate for the epsilon network.
   c.train.warmup_epochs = 40  # Linear warm-up, then half-cosine to min_lr at the last epoch.
@@ -87,7 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
   c.train.eval_with_ema = True  # Evaluate with the EMA params (the official code never does).
   c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 500  # Periodic save for resume (kept: max_to_keep below).
+  # Saves for resume (the last max_to_keep kept) come at each stage end, on SIGTERM/SIGINT, every
+  # checkpoint_every_minutes (None: never by time) and every checkpoint_every_steps (None: never).
+  c.train.checkpoint_every_minutes = 10.0
+  c.train.checkpoint_every_steps = ml_collections.config_dict.placeholder(int)
   c.train.max_to_keep = 2
   c.train.eval_every_epochs = 10  # Validation (checkpoint selection) cadence.
   c.train.select_metric = 'accuracy'  # Validation metric that picks the best checkpoint.
@@ -99,11 +111,44 @@ def get_config() -> ml_collections.ConfigDict:
   # matched (the same steps from their own noise level; README: 'Test-time chain') | ddim.
   c.eval.sampler = 'matched'
   c.eval.num_steps = 60  # truncated / matched: last n steps of the T schedule; ddim: respaced steps.
-  # In-training validation (checkpoint selection), 1 sample per image. '' and -1: the test chain
+  # In-training validation (checkpoint selection), 1 sample per image. None: the test chain
   # above, so that the checkpoint is chosen by the metric that is reported.
-  c.eval.val_sampler = ''
-  c.eval.val_num_steps = -1
+  c.eval.val_sampler = config_dict.placeholder(str)
+  c.eval.val_num_steps = config_dict.placeholder(int)
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
+  c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
+  return c
+
+
+def check_arg(config_file: str, arg, allowed=('', 'smoke')) -> str:
+  """The config argument (`--config=FILE:ARG`), refused with the choices unless it is one of them."""
+  arg = arg or ''
+  if arg not in allowed:
+    shown = ', '.join(repr(a) for a in allowed)
+    raise ValueError(f'{config_file} takes one of {shown} after the colon, got {arg!r}')
+  return arg
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `c` in place to a seconds-long run of the same pipeline: tiny trunks, T = 50, 3 steps
+  per stage, short chains. For trying a set-up and for tests, not for results."""
+  c.model.dcg_backbone = 'resnet_tiny'
+  c.model.eps_backbone = 'resnet_tiny'
+  c.model.width = 4
+  c.model.feature_dim = 16
+  c.diffusion.timesteps = 50
+  c.train.batch_size = 16
+  c.train.dcg_pretrain_epochs = 1
+  c.train.epochs = 1
+  c.train.steps_per_epoch = 3
+  c.train.warmup_epochs = 1
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.train.eval_every_epochs = 1
+  c.eval.batch_size = 64
+  c.eval.num_steps = 10
+  c.eval.val_num_steps = 5
+  c.eval.num_samples = 2
   return c

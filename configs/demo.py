@@ -4,19 +4,21 @@ Recipe (no download; the images ship inside the package):
 
     python -m diffmic_jax.main --config=configs/demo.py --workdir=/tmp/diffmic_demo
 
-Hardware: any CPU (2 cores here). Wall time: a few minutes. 28 px images, ResNet18-shaped trunks at
+Hardware: any CPU (2 cores). Wall time: a few minutes. 28 px images, ResNet18-shaped trunks at
 half width with the small-image stem, both training stages, validation-selected checkpoint, test
 report. It shows the whole pipeline working, not the paper's accuracy.
 
-`configs/demo.py:smoke` shrinks it to seconds (tiny trunks, T = 50, a few steps): what the tests and
-the multi-process check run.
+`configs/demo.py:smoke` shrinks it to seconds (tiny trunks, T = 50, a few steps): what the tests
+run. `cpu_tuning` is on: the demo is meant for a CPU.
 """
 
 from configs import default
 
 
 def get_config(arg: str = ''):
+  arg = default.check_arg('configs/demo.py', arg)
   c = default.get_config()
+  c.cpu_tuning = True  # Meant for a CPU; ignored elsewhere.
   c.num_classes = 5
   c.image_size = 28
   c.data.name = 'demo'
@@ -47,23 +49,4 @@ def get_config(arg: str = ''):
   c.eval.num_samples = 4
   c.eval.splits = ('test',)
 
-  if arg == 'smoke':
-    c.model.dcg_backbone = 'resnet_tiny'
-    c.model.eps_backbone = 'resnet_tiny'
-    c.model.width = 4
-    c.model.feature_dim = 16
-    c.diffusion.timesteps = 50
-    c.train.batch_size = 16
-    c.train.dcg_pretrain_epochs = 1
-    c.train.epochs = 1
-    c.train.steps_per_epoch = 3
-    c.train.log_every_steps = 1
-    c.train.checkpoint_every_steps = 2
-    c.train.eval_every_epochs = 1
-    c.eval.batch_size = 64
-    c.eval.num_steps = 10
-    c.eval.val_num_steps = 5
-    c.eval.num_samples = 2
-  elif arg:
-    raise ValueError(f"configs/demo.py takes '' or 'smoke', got {arg!r}")
-  return c
+  return default.smoke(c) if arg == 'smoke' else c

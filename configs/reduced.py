@@ -1,17 +1,17 @@
 """APTOS 2019 or HAM10000 at 64 px with small ResNet18 trunks: DiffMIC against its DCG on a budget.
 
-The benchmark recipe for the question "does the diffusion beat its own DCG?" on the real datasets
-when 224 px and 1,000 epochs are out of reach. Not the paper's setting and not its accuracy.
+The recipe for the question "does the diffusion beat its own DCG?" on the real datasets when
+224 px and 1,000 epochs are out of reach. Not the paper's setting and not its accuracy.
 
     python -m diffmic_jax.main --config=configs/reduced.py:aptos --workdir=/tmp/aptos64 \
-      --config.data.manual_dir=../shared/data/aptos2019_224 [--config.data.builder_config=grouped]
+      --config.data.manual_dir=/path/to/aptos2019 [--config.data.builder_config=grouped]
     python -m diffmic_jax.main --config=configs/reduced.py:isic --workdir=/tmp/ham64 \
-      --config.data.manual_dir=../shared/data/ham10000_224
+      --config.data.manual_dir=/path/to/HAM10000
 
-Over seeds, checkpoint chosen on validation, test once (see README, Benchmarks):
+Over seeds, checkpoint chosen on validation, test once:
 
     python bench/accuracy.py --config=configs/reduced.py:aptos --seeds=0,1,2 --parallel=3 \
-      --workdir=/tmp/acc_aptos64 --override=data.manual_dir=../shared/data/aptos2019_224
+      --workdir=/tmp/acc_aptos64 --config.data.manual_dir=/path/to/aptos2019
 
 What is reduced: images stored and trained at 64 px (the standard stem, so the saliency grid is
 2 x 2 and the local stream sees 4 tiles of 32 px, the tile size of the official 224 px run);
@@ -22,14 +22,13 @@ epsilon network; 10 + 40 epochs. Split, sampler and the rest of the recipe are t
 Hardware and wall time: one GPU, a few minutes per run; on a 2-core CPU about 0.3 s per joint step.
 """
 
-from configs import aptos, isic
+from configs import aptos, default, isic
 
 DATASETS = {'aptos': aptos, 'isic': isic}
 
 
 def get_config(arg: str = 'aptos'):
-  if arg not in DATASETS:
-    raise ValueError(f"configs/reduced.py takes one of {sorted(DATASETS)}, got {arg!r}")
+  arg = default.check_arg('configs/reduced.py', arg, tuple(DATASETS))
   c = DATASETS[arg].get_config()
   c.image_size = 64
   c.data.stored_size = 64
@@ -47,7 +46,6 @@ def get_config(arg: str = 'aptos'):
   c.train.eval_every_epochs = 4
   c.train.ema_decay = 0.999
   c.train.log_every_steps = 20
-  c.train.checkpoint_every_steps = 1000
 
   c.eval.batch_size = 128
   c.eval.num_samples = 4

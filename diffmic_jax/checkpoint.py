@@ -18,6 +18,9 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from diffmic_jax.errors import UserError
 
 # Fields that change parameter shapes or meaning: a checkpoint must agree on all of them.
 SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'model.small_stem',
@@ -25,7 +28,7 @@ SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'mode
                 'diffusion.timesteps')
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
   """The checkpoint was written by a run whose model does not fit this config."""
 
 
@@ -48,23 +51,26 @@ def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _manager(directory: str, max_to_keep: int, name: str) -> ocp.CheckpointManager:
+def _manager(directory: str, max_to_keep: int, name: str,
+             read_only: bool = False) -> ocp.CheckpointManager:
   # Both managers save the same step at a stage end; with several processes their barriers are
   # keyed by step, so without a prefix the second save meets the first one's barrier and hangs.
   return ocp.CheckpointManager(
       directory, item_names=('state', 'data', 'meta'),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=True,
+          max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
           multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
 
 
 class Checkpointer:
-  """Periodic and best-on-validation checkpoints under one workdir."""
+  """Periodic and best-on-validation checkpoints under one workdir (`read_only`: for evaluation,
+  which may read a workdir it cannot write)."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, read_only: bool = False):
     self.workdir = workdir
-    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), max_to_keep, 'periodic')
-    self.best = _manager(os.path.join(workdir, 'best'), 1, 'best')
+    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), max_to_keep, 'periodic',
+                             read_only)
+    self.best = _manager(os.path.join(workdir, 'best'), 1, 'best', read_only)
 
   def _manager(self, best: bool) -> ocp.CheckpointManager:
     return self.best if best else self.periodic
@@ -111,6 +117,18 @@ class Checkpointer:
   def close(self) -> None:
     self.periodic.close()
     self.best.close()
+
+
+def check_workdir(config, workdir: str) -> None:
+  """Refuses, before anything is written, a workdir whose checkpoints another model config wrote."""
+  if not (epath.Path(workdir) / 'checkpoints').exists():  # Local or gs://.
+    return
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    if (step := ckpt.latest_step()) is not None:
+      check_compatible(ckpt.read_meta(step)['config'], _config_dict(config), ckpt.path(step))
+  finally:
+    ckpt.close()
 
 
 def abstract_like(tree: Any) -> Any:

@@ -15,6 +15,7 @@ import os
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 ENV_SWITCH = 'DIFFMIC_DISTRIBUTED'
 
@@ -55,3 +56,9 @@ def initialize(mode: str = 'auto', coordinator_address: str = '', num_processes:
   logging.info('JAX distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

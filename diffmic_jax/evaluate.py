@@ -1,19 +1,34 @@
-"""Prediction and whole-split evaluation: the DCG alone beside the diffusion, on one split.
+"""Evaluation in one place: restore for evaluation, whole-split metrics, validation, prediction.
 
 One jitted function per sampler setting maps a batch to the DCG's probabilities and M sampled
 label vectors per image (features and priors computed once, then the reverse chain as one
 `lax.scan`). The loop gathers masked rows from every process, so padded examples never count and
 each example counts once; metrics are computed on the whole split, never averaged over batches.
+
+A checkpoint is restored into an abstract target (`jax.eval_shape` of a training run's
+initialisation), so nothing is allocated twice and a checkpoint of another model is refused with
+the fields that differ; evaluation never reads the training split. Each evaluation or prediction
+of a saved run writes to its own folder, `<out>/{eval,predict}/step_<N>/<source>/`, and only once
+everything has run.
 """
 
 import dataclasses
+import functools
+import re
 
 import jax
 import numpy as np
+from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
-from diffmic_jax import metrics, parallel, sampling
+from diffmic_jax import checkpoint, data, metrics, parallel, report, sampling, train_state
+from diffmic_jax.data import files
+from diffmic_jax.data.dataset import builder_config_of, data_source
 from diffmic_jax.data.normalize import normalize
+from diffmic_jax.data.preprocess import decode
+from diffmic_jax.errors import UserError
 from diffmic_jax.models import EpsilonNet, priors as dcg_priors
 from diffmic_jax.train_state import Models
 
@@ -29,24 +44,22 @@ class SamplerSpec:
             f'{self.num_samples} sample(s) per image')
 
 
-def make_predict_fn(models: Models, spec: SamplerSpec):
-  """jit(fn(dcg_vars, eps_vars, images uint8, key[, encoder_images]) -> outputs dict).
+def uses_ema(config) -> bool:
+  """Whether evaluation reads the EMA of the epsilon-network params (see config.train)."""
+  return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
 
-  `encoder_images`, when given, is what the epsilon network's encoder sees instead of `images`
-  (the DCG and its priors still see `images`). It exists for one diagnostic: giving the encoder
-  other images asks how much of the diffusion's prediction comes from its own view of the image
-  rather than from the DCG's prior (bench/diffusion_vs_dcg.py).
-  """
+
+def make_predict_fn(models: Models, spec: SamplerSpec):
+  """jit(fn(dcg_vars, eps_vars, images uint8, key) -> outputs dict)."""
   if spec.method not in sampling.METHODS:
     raise ValueError(f'eval sampler must be one of {sampling.METHODS}, got {spec.method!r}')
 
-  def predict(dcg_vars, eps_vars, images, key, encoder_images=None):
+  def predict(dcg_vars, eps_vars, images, key):
     x = normalize(images)
     out = models.dcg.apply(dcg_vars, x, train=False)
     y_hat, y_hat_g, y_hat_l = dcg_priors(out)
     cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
-    x_enc = x if encoder_images is None else normalize(encoder_images)
-    feats = models.eps.apply(eps_vars, x_enc, False, method=EpsilonNet.encode)
+    feats = models.eps.apply(eps_vars, x, False, method=EpsilonNet.encode)
     head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
                                                   method=EpsilonNet.head)
     probs = sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key,
@@ -110,3 +123,256 @@ def split_results(pred: dict, num_classes: int, split: str, protocol: str) -> di
                                              pred=summary['vote']),
       'mean_uncertainty': float(np.mean(summary['uncertainty'])),
   }
+
+
+def _eval_batches(config, split: str):
+  return data.make_eval_iterator(config.data, split, image_size=config.image_size,
+                                 global_batch_size=config.eval.batch_size,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+
+class Validator:
+  """Validation on config.data.val_split: picks the best checkpoint by config.train.select_metric."""
+
+  def __init__(self, config, models, mesh):
+    e = config.eval
+    self.config, self.mesh = config, mesh
+    # '' / -1: the test chain itself, so the checkpoint is chosen by the metric that is reported.
+    self.spec = SamplerSpec(e.val_sampler or e.sampler, e.val_num_steps or e.num_steps, 1)
+    self.predict = make_predict_fn(models, self.spec)
+    self.batches = _eval_batches(config, config.data.val_split)
+
+  def __call__(self, state, joint: bool) -> dict:
+    eps_params = state.eval_eps_params(uses_ema(self.config))
+    pred = predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
+                         self.batches, self.mesh, train_state.keys(self.config.seed)['eval'])
+    res = split_results(pred, self.config.num_classes, self.config.data.val_split,
+                        self.spec.describe(self.config.diffusion.timesteps))
+    scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
+    if joint:
+      scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
+    return scores
+
+
+def _test_spec(config) -> SamplerSpec:
+  e = config.eval
+  return SamplerSpec(e.sampler, e.num_steps, e.num_samples)
+
+
+def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None) -> dict:
+  """Whole-split results of `state` on `split` under config.eval (nothing written)."""
+  spec = _test_spec(config)
+  predict = predict or make_predict_fn(models, spec)
+  use_ema = uses_ema(config)
+  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
+  n = data.num_examples(config.data, split)
+  with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
+    pred = predict_split(predict, state.dcg.variables(), eps_vars, _eval_batches(config, split),
+                         mesh, train_state.keys(config.seed)['eval'], progress=bar)
+  protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
+              f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
+  return split_results(pred, config.num_classes, split, protocol)
+
+
+def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
+  """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports."""
+  predict = make_predict_fn(models, _test_spec(config))
+  out = {}
+  for split in config.eval.splits:
+    res = _evaluate_split(config, models, mesh, state, split, chosen, predict)
+    if jax.process_index() == 0:
+      paths = report.write_report(res, str(epath.Path(workdir) / 'reports'), split)
+      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
+    out[split] = res
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint restored for evaluation."""
+  models: Models
+  mesh: jax.sharding.Mesh
+  state: train_state.TrainState
+  step: int
+  description: str  # Which checkpoint, for reports.
+
+
+def _which_step(ckpt: checkpoint.Checkpointer, workdir: str, which: str) -> tuple[int, bool]:
+  """(step, whether it is read from best/) for 'best', 'latest' or a step number."""
+  if which in ('best', 'latest'):
+    best = which == 'best'
+    step = ckpt.latest_step(best=best)
+    if step is None and best:  # A run without validation saves only periodic checkpoints.
+      step, best = ckpt.latest_step(), False
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint under {workdir}/checkpoints or {workdir}/best')
+    return step, best
+  try:
+    step = int(which)
+  except ValueError:
+    raise UserError(f"--checkpoint must be 'best', 'latest' or a step number, got {which!r}") from None
+  periodic, best = ckpt.periodic.all_steps(), ckpt.best.all_steps()
+  if step not in periodic and step not in best:
+    raise FileNotFoundError(f'no checkpoint of step {step} under {workdir}: periodic steps '
+                            f'{sorted(periodic)}, best {sorted(best)}')
+  return step, step not in periodic
+
+
+def restore(config, workdir: str, which: str = 'best') -> Restored:
+  """Restores checkpoint `which` ('best', 'latest' or a step) of `workdir`, read-only.
+
+  The optimizers' learning-rate schedule does not change the state's structure, so the models are
+  built for a one-step epoch: nothing here reads the training split.
+  """
+  mesh = parallel.make_mesh()
+  models = train_state.build_models(config, steps_per_epoch=1)
+  ckpt = checkpoint.Checkpointer(workdir, config.train.max_to_keep, read_only=True)
+  try:
+    step, best = _which_step(ckpt, workdir, which)
+    init = jax.jit(functools.partial(train_state.init_state, models, image_size=config.image_size),
+                   out_shardings=parallel.replicated(mesh))
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    try:
+      state, _ = ckpt.restore(step, abstract, config, best=best)
+    except checkpoint.ConfigMismatchError as e:
+      raise checkpoint.ConfigMismatchError(
+          f'{e}\nWithout --config, evaluate and predict use the config the run saved '
+          f'({workdir}/config_train.json).') from None
+  finally:
+    ckpt.close()
+  kind = f"best on '{config.data.val_split}'" if best else 'periodic'
+  return Restored(models, mesh, state, step,
+                  f'{kind} checkpoint of step {step} ({ckpt.path(step, best)})')
+
+
+def fresh_dir(root: str, kind: str, step: int, source: str) -> epath.Path:
+  """`<root>/<kind>/step_<step>/<source>`, or `<source>_2`, `_3`, ... when that one exists."""
+  name = re.sub(r'[^\w.+-]+', '_', source).strip('._') or 'input'
+  parent = epath.Path(root) / kind / f'step_{step}'
+  path, i = parent / name, 1
+  while path.exists():
+    i += 1
+    path = parent / f'{name}_{i}'
+  if i > 1:
+    logging.warning('%s exists: writing to %s instead', parent / name, path)
+  return path
+
+
+def _write_config(config, out: epath.Path) -> None:
+  out.mkdir(parents=True, exist_ok=False)
+  (out / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def evaluate_checkpoint(config, workdir: str, which: str = 'best',
+                        output_dir: str | None = None) -> dict:
+  """Evaluates a saved checkpoint on config.eval.splits.
+
+  Writes `<output_dir or workdir>/eval/step_<N>/<split>/` (report.{json,txt}, the confusion and
+  reliability plots, config.json) for each split, once all of them are done.
+
+  Returns:
+    {split: results, with 'dir' the folder written}.
+  """
+  r = restore(config, workdir, which)
+  predict = make_predict_fn(r.models, _test_spec(config))
+  results = {split: _evaluate_split(config, r.models, r.mesh, r.state, split, r.description,
+                                    predict) for split in config.eval.splits}
+  if jax.process_index() == 0:
+    for split, res in results.items():
+      out = fresh_dir(output_dir or workdir, 'eval', r.step, split)
+      _write_config(config, out)
+      paths = report.write_report(res, str(out), 'report')
+      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
+      res['dir'] = str(out)
+  return results
+
+
+def _prediction_input(config, split: str | None, input_path: str | None):
+  """(source name, stored records, ids, labelled, batches) for a built split or image files."""
+  if input_path is not None:
+    images = files.list_images(input_path, config.num_classes)
+    build = builder_config_of(config.data)
+    records = files.records(images, build.stored_size, build.encoding)
+    batches = files.make_file_iterator(
+        images, stored_size=build.stored_size, encoding=build.encoding,
+        image_size=config.image_size, global_batch_size=config.eval.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        read_threads=config.data.read_threads)
+    return images.name, records, images.ids, images.labelled, batches
+  records = data_source(config.data, split)
+  ids = [r['id'].decode() if isinstance(r['id'], bytes) else str(r['id'])
+         for r in records.__getitems__(range(len(records)))]
+  return split, records, ids, True, _eval_batches(config, split)
+
+
+def predict(config, workdir: str, which: str = 'best', *, split: str | None = None,
+            input_path: str | None = None, output_dir: str | None = None) -> dict:
+  """Per-image predictions of a saved checkpoint on a built split or on image files.
+
+  Args:
+    config: The run's config (its model must match the checkpoint's).
+    workdir: The training run's folder.
+    which: 'best', 'latest' or a step number.
+    split: A built split of config.data (e.g. 'test'); or
+    input_path: A folder of images or a CSV listing them (`data.files`); no dataset is built.
+    output_dir: Where `predict/step_<N>/<source>/` goes (default: workdir).
+
+  Returns:
+    {source: {'n', 'checkpoint'} and, on process 0, 'dir' and 'csv'}.
+  """
+  if (split is None) == (input_path is None):
+    raise UserError('predict needs exactly one of --split (a built split) or --input (a folder '
+                     'of images or a CSV of files)')
+  source, records, ids, labelled, batches = _prediction_input(config, split, input_path)
+  r = restore(config, workdir, which)
+  e = config.eval
+  use_ema = uses_ema(config)
+  with tqdm(total=len(ids), desc=f'predict {source}', disable=jax.process_index() != 0) as bar:
+    pred = predict_split(make_predict_fn(r.models, _test_spec(config)), r.state.dcg.variables(),
+                         r.state.eps.variables(r.state.eval_eps_params(use_ema)), batches, r.mesh,
+                         train_state.keys(config.seed)['eval'], keep_saliency=e.save_saliency,
+                         progress=bar)
+  summary = metrics.summarize_samples(pred['sample_probs'])
+  result = {'n': int(len(pred['index'])), 'checkpoint': r.description}
+  if jax.process_index() == 0:
+    out = fresh_dir(output_dir or workdir, 'predict', r.step, source)
+    _write_config(config, out)
+    result.update(dir=str(out), csv=str(out / 'predictions.csv'))
+    report.write_predictions_csv(result['csv'], [ids[i] for i in pred['index']],
+                                 pred['label'] if labelled else None, summary['mean_prob'],
+                                 summary['vote'], summary['uncertainty'], pred['dcg_prob'],
+                                 vote_agreement=summary['vote_agreement'])
+    if e.save_saliency:
+      _save_overlays(config, records, ids, pred, summary, labelled, out / 'saliency',
+                     e.max_saliency_images)
+  return {source: result}
+
+
+def overlay_names(ids) -> list[str]:
+  """A PNG name per image id: the id without its suffix, '/' as '__', unique."""
+  names, seen = [], set()
+  for image_id in ids:
+    stem = re.sub(r'\.(jpe?g|png|bmp|tiff?|webp)$', '', str(image_id), flags=re.I)
+    stem = re.sub(r'[^\w.+-]+', '_', stem.replace('/', '__')) or 'image'
+    name, i = stem, 1
+    while name in seen:
+      i += 1
+      name = f'{stem}_{i}'
+    seen.add(name)
+    names.append(f'{name}.png')
+  return names
+
+
+def _save_overlays(config, records, ids, pred, summary, labelled, out: epath.Path, limit: int):
+  """Saliency of the predicted class with the ROI boxes, for the first `limit` images."""
+  out.mkdir(parents=True, exist_ok=False)
+  rows = range(min(limit, len(pred['index'])))
+  names = overlay_names([ids[int(pred['index'][i])] for i in rows])
+  for i, name in zip(rows, names):
+    image = decode(records[int(pred['index'][i])]['image'], config.image_size)
+    cls = int(summary['vote'][i])
+    label = f', label {int(pred["label"][i])}' if labelled else ''
+    title = f'{ids[int(pred["index"][i])]}{label}, predicted {cls}'
+    report.save_saliency_overlay(str(out / name), image, pred['saliency'][i][..., cls],
+                                 pred['roi_boxes'][i], pred['attention'][i], title=title)

@@ -1,34 +1,18 @@
-"""Host memory: stop glibc handing freed buffers back to the kernel between train steps.
+"""glibc malloc settings for CPU training: keep freed buffers for reuse instead of unmapping them.
 
-XLA:CPU allocates every step's temporaries (2.7 GB for the ResNet50 joint step) and each fresh
-output with malloc, on its worker threads. glibc serves requests that large with a fresh mmap from a
-per-thread arena and unmaps them on free, so every step the kernel zero-fills and faults in every
-page again: about 990,000 page faults (4 GB) and 4.3 s of kernel CPU per 16.4 s ResNet50 joint
-step (`bench/train_speed.py`; README, Benchmarks > Speed).
+XLA:CPU mallocs each step's large temporaries afresh; with glibc's defaults they are mmapped and
+unmapped every step, so the kernel zero-fills and faults their pages in again each time. With the
+settings in `ENV` freed memory stays in the heap and steady-state steps fault nothing.
 
-`keep_freed_memory` makes glibc keep what it frees for reuse instead: one arena (worker threads'
-arenas mmap large blocks whatever the settings), no mmap for large blocks, and no trimming of the
-heap top. Steady-state steps then fault nothing.
-
-glibc reads the settings at the process's first allocation, so they go in the environment and the
-process re-executes itself once (same pid, same arguments, `sys.orig_argv`). Set at run time with
-mallopt instead, after the interpreter had started, the ResNet50 bench still faulted nothing once
-warm but peaked at 9.5 GB resident instead of 7.0 GB. Even from the start, the high-water mark
-depends on the order of allocations (6.9 or 9.7 GB in two orders; README, Benchmarks > Memory).
-`main.py` and the benches call it first thing.
-
-DIFFMIC_KEEP_FREED_MEMORY=0 keeps glibc's defaults; so does setting any of the variables yourself.
-The cost is that freed memory stays resident until `release_freed_memory` hands its pages back.
-`train.py` calls it where a run changes phase (state built, a step or sampler compiled, a
-validation done), never between steady-state steps: what one phase freed (the compiler's working
-memory, the other stage's buffers) would otherwise stay resident for the rest of the run. In a
-bench-like script of the ResNet50 joint step at 224 px, one call after building the state and
-compiling gave a peak of 6.4 GB at the usual step time, where that script had peaked at 9.7 GB;
-whole runs vary too much from run to run to show its effect (README, Benchmarks > Memory).
+Opt-in (config.cpu_tuning): glibc reads the settings at the first allocation, so
+`keep_freed_memory` re-executes the process once with them in its environment. Nothing here runs
+at import. `release_freed_memory` hands freed pages back where a run changes phase.
 """
 
 import ctypes
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -53,8 +37,8 @@ def keep_freed_memory() -> bool:
 
   Returns False, changing nothing, outside glibc, with DIFFMIC_KEEP_FREED_MEMORY=0, when the
   caller set one of the variables itself, or in an embedded interpreter (no sys.executable).
-  Otherwise it does not return: the process starts again with the same arguments, and the call
-  returns True there.
+  Otherwise it does not return: the process starts again with the same arguments (`sys.orig_argv`),
+  and the call returns True there.
   """
   if in_force():
     return True
@@ -65,6 +49,20 @@ def keep_freed_memory() -> bool:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def cpu_only_host() -> bool:
+  """Whether JAX can only run on the CPU here: no accelerator plugin and no TPU runtime installed.
+
+  Read from installed packages and JAX_PLATFORMS, without starting JAX (the malloc settings must
+  be in place before anything allocates).
+  """
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return platforms.split(',')[0].strip().lower() == 'cpu'
+  plugins = importlib.metadata.entry_points(group='jax_plugins')
+  # Plugins register as entry points or as modules of the jax_plugins namespace package.
+  return not plugins and all(importlib.util.find_spec(m) is None for m in ('jax_plugins', 'libtpu'))
 
 
 @functools.cache

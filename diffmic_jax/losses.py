@@ -42,8 +42,7 @@ def rbf_mmd(x, y, bandwidths: Sequence[float] = ()):
     d = _sq_dists(a, b)
     return sum(jnp.mean(jnp.exp(-d / s)) for s in scales)
 
-  with jax.named_scope('mmd'):  # names its ops in profiles (bench/profile_step.py)
-    return kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y)
+  return kernel_mean(x, x) + kernel_mean(y, y) - 2 * kernel_mean(x, y)
 
 
 def cross_entropy(logits, labels, num_classes: int, mask=None):

@@ -11,6 +11,10 @@ the existing lines once (a resumed run keeps them), keeps all lines in memory an
 metrics.jsonl at most every `flush_secs` and on close. TensorBoard events go to a local temporary
 folder and are copied to <workdir>/tensorboard on the same schedule; tensorboardX's own gs://
 writer needs google-cloud-storage and knows no other scheme, while a copy works for every scheme.
+
+A run resumed from the checkpoint of step s (`resumed_step`) logs steps after s again, so the
+writer first drops every line after step s (and TensorBoard hides its events after s): each step
+appears once, as the uninterrupted run would have written it.
 """
 
 import json
@@ -26,9 +30,24 @@ from etils import epath
 from diffmic_jax.data import staging
 
 
-class MetricWriter:
+def _upto(lines: list[str], step: int) -> list[str]:
+  """The lines of steps <= `step`; a line cut short by a kill is dropped too."""
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if row['step'] <= step:
+      keep.append(line if line.endswith('\n') else line + '\n')
+  return keep
 
-  def __init__(self, workdir, enabled: bool | None = None, flush_secs: float = 30.0):
+
+class MetricWriter:
+  """Appends scalars to <workdir>/metrics.jsonl and TensorBoard; `resumed_step` as above."""
+
+  def __init__(self, workdir, enabled: bool | None = None, flush_secs: float = 30.0,
+               resumed_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = self._tb = self._tb_local = None
     self._flush_secs, self._last_flush = flush_secs, time.monotonic()
@@ -38,19 +57,28 @@ class MetricWriter:
     self._dir = epath.Path(workdir)
     self._dir.mkdir(parents=True, exist_ok=True)
     self._path = self._dir / 'metrics.jsonl'
+    lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+    if resumed_step is not None and (kept := _upto(lines, resumed_step)) != lines:
+      lines = kept
+      # Replaced whole (an object store does so atomically): a kill now loses no line.
+      tmp = self._dir / 'metrics.jsonl.tmp' if self._local else self._path
+      tmp.write_text(''.join(lines))
+      if self._local:
+        tmp.replace(self._path)
     if self._local:
       self._jsonl = open(self._path, 'a', buffering=1)
     else:
-      self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+      self._lines = lines
     try:
       from tensorboardX import SummaryWriter
     except ImportError:  # TensorBoard files are a convenience; JSON lines always exist.
       return
+    purge = None if resumed_step is None else resumed_step + 1
     if self._local:
-      self._tb = SummaryWriter(str(self._dir / 'tensorboard'))
+      self._tb = SummaryWriter(str(self._dir / 'tensorboard'), purge_step=purge)
     else:
       self._tb_local = tempfile.mkdtemp(prefix='diffmic_tb_')
-      self._tb = SummaryWriter(self._tb_local)
+      self._tb = SummaryWriter(self._tb_local, purge_step=purge)
 
   def write(self, step: int, scalars: dict, prefix: str = '') -> None:
     if not self.enabled:

@@ -3,59 +3,52 @@
     stage 1  steps [0, P)        dcg_pretrain_step   (P = dcg_pretrain_epochs x steps_per_epoch)
     stage 2  steps [P, P + J)    joint_step          (J = epochs x steps_per_epoch)
 
-Every `checkpoint_every_steps` the whole run (state + data iterator position) is saved; a killed
-run resumes from the last save with the same batches and the same keys (both derive from the
-step), so it reproduces an uninterrupted run. The validation split, never the test split, picks
-the best checkpoint; the test split is evaluated once, at the end, from that checkpoint.
+The whole run (state + data iterator position) is saved at each stage end, every
+`checkpoint_every_minutes`, every `checkpoint_every_steps` if set, and when SIGTERM or SIGINT asks
+the run to stop (preemption.py). A killed or stopped run resumes from the last save with the same
+batches and the same keys (both derive from the step), so it reproduces an uninterrupted run. The
+validation split, never the test split, picks the best checkpoint; the test split is evaluated
+once, at the end, from that checkpoint.
 """
 
+import dataclasses
 import functools
 import os
-import signal
+import sys
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from diffmic_jax import (checkpoint, data, evaluate, host_memory, parallel, pretrained, report,
-                         train_state)
+from diffmic_jax import (checkpoint, data, host_memory, parallel, preemption, pretrained, progress,
+                         report, train_state)
+from diffmic_jax.errors import UserError
+from diffmic_jax.evaluate import Validator, evaluate_splits
 from diffmic_jax.metric_writer import MetricWriter
 from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
-
-
-# Fault injection for the resume test: the process SIGKILLs itself after this many steps.
-FAULT_ENV = 'DIFFMIC_FAULT_KILL_AT_STEP'
 
 
 class NonFiniteLossError(FloatingPointError):
   """A training loss became NaN or infinite."""
 
 
-@functools.lru_cache(maxsize=None)
-def _keys(seed: int):
-  root = jax.random.key(seed)
-  return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
-
-
-def uses_ema(config) -> bool:
-  """Whether evaluation reads the EMA of the epsilon-network params (see config.train)."""
-  return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
-
-
 def steps_per_epoch(config) -> int:
-  if config.train.steps_per_epoch > 0:
-    return config.train.steps_per_epoch
+  """config.train.steps_per_epoch if set, else whole batches of the train split."""
+  if (fixed := config.train.steps_per_epoch) is not None and fixed > 0:
+    return fixed
   n = data.num_examples(config.data, config.data.train_split)
   if n < config.train.batch_size:
-    raise ValueError(f'train split has {n} examples, fewer than one batch of {config.train.batch_size}')
+    raise UserError(f'train split has {n} examples, fewer than one batch of '
+                    f'{config.train.batch_size}: lower train.batch_size or add images')
   return n // config.train.batch_size
 
 
 def initial_state(config, models: train_state.Models, mesh):
   """Random init, then any converted ImageNet weights; replicated over the mesh."""
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=config.image_size))(
-      _keys(config.seed)['init'])
+      train_state.keys(config.seed)['init'])
   if config.model.pretrained or config.model.eps_pretrained:
     dcg_vars, eps_vars = state.dcg.variables(), state.eps.variables()
     if config.model.pretrained:
@@ -71,24 +64,21 @@ def initial_state(config, models: train_state.Models, mesh):
 
 
 def xla_options() -> dict:
-  """XLA options for the train steps: on CPU, the memory-optimised instruction scheduler.
+  """On CPU, XLA's memory-optimised instruction scheduler (used when `config.cpu_tuning` is set).
 
-  XLA's CPU default, the concurrency-optimised scheduler, starts work as soon as its inputs exist.
-  In a train step that means the backward pass's gradient-independent work (BatchNorm's x_hat) runs
-  during the forward pass and stays alive until the backward pass, and the DCG update's forward
-  pass runs beside the epsilon network's backward pass. On the ResNet50 joint step at 224 px that
-  doubled XLA's temporaries (6.1 GB against 2.7 GB) and bought no speed (README, Benchmarks >
-  Memory). Other backends have their own schedulers and get no options.
+  The CPU default, the concurrency-optimised scheduler, runs the backward pass's
+  gradient-independent work during the forward pass, which keeps its buffers alive until the
+  backward pass: more temporary memory for no speed. Other backends get no options.
   """
   if jax.default_backend() == 'cpu':
     return {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'}
   return {}
 
 
-def compiled_steps(models, mesh):
+def compiled_steps(models, mesh, cpu_tuning: bool = False):
   """The two train steps, jitted once: state replicated and donated, batch sharded on 'data'."""
   rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  options = xla_options()
+  options = xla_options() if cpu_tuning else {}
   pretrain = jax.jit(functools.partial(dcg_pretrain_step, models), donate_argnums=0,
                      in_shardings=(rep, shard), out_shardings=(rep, rep), compiler_options=options)
   joint = jax.jit(functools.partial(joint_step, models), donate_argnums=0,
@@ -116,161 +106,235 @@ def _check_finite(step: int, metrics: dict, ckpt: checkpoint.Checkpointer) -> No
   raise NonFiniteLossError(msg)
 
 
-class Validator:
-  """Validation on config.data.val_split: picks the best checkpoint by config.train.select_metric."""
-
-  def __init__(self, config, models, mesh):
-    e = config.eval
-    self.config, self.mesh = config, mesh
-    # '' / -1: the test chain itself, so the checkpoint is chosen by the metric that is reported.
-    self.spec = evaluate.SamplerSpec(e.val_sampler or e.sampler,
-                                     e.val_num_steps if e.val_num_steps > 0 else e.num_steps, 1)
-    self.predict = evaluate.make_predict_fn(models, self.spec)
-    self.batches = data.make_eval_iterator(
-        config.data, config.data.val_split, image_size=config.image_size,
-        global_batch_size=e.batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count())
-
-  def __call__(self, state, joint: bool) -> dict:
-    eps_params = state.eval_eps_params(uses_ema(self.config))
-    pred = evaluate.predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
-                                  self.batches, self.mesh, _keys(self.config.seed)['eval'])
-    res = evaluate.split_results(pred, self.config.num_classes, self.config.data.val_split,
-                                 self.spec.describe(self.config.diffusion.timesteps))
-    scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
-    if joint:
-      scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
-    return scores
+@dataclasses.dataclass
+class _Run:
+  """What the stages share. `state`, `step`, `best`, `pending` and `saved_step` change as it runs."""
+  config: Any
+  workdir: str
+  mesh: Any
+  models: train_state.Models
+  spe: int
+  pre_steps: int
+  total: int
+  train_iter: Any
+  ckpt: checkpoint.Checkpointer
+  tuned: bool
+  state: Any = None
+  step: int = 0
+  best: dict | None = None
+  pending: tuple | None = None  # (step, metrics) of the last step, not yet checked for NaN.
+  saved_step: int | None = None
+  writer: MetricWriter | None = None
+  validator: Any = None
+  pretrain: Any = None
+  joint: Any = None
+  boundary: preemption.StepBoundary | None = None
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains per `config`, resuming from `workdir` if it holds a checkpoint; returns final results."""
+  """Trains per `config`, resuming from `workdir` if it holds a checkpoint; returns final results.
+
+  SIGTERM or SIGINT during training stops the run after the current step with a checkpoint, by
+  raising preemption.Stopped (a SystemExit: exit code 128 + the signal number).
+  """
+  run = _set_up(config, workdir)
+  try:
+    with run.boundary:
+      _stage_1_pretrain_dcg(run)
+      _stage_2_joint(run)
+    # A single process signalled after its last step boundary has its final checkpoint already.
+    if run.boundary.signum and not run.boundary.agree:
+      raise preemption.Stopped(run.boundary.signum, run.step, run.ckpt.path(run.step))
+  except preemption.Stopped as stop:
+    _close(run)
+    if jax.process_index() == 0:
+      print(stop, file=sys.stderr, flush=True)
+    raise
+  return _final_evaluation(run)
+
+
+def _set_up(config, workdir: str) -> _Run:
+  """Mesh, models, data, compiled steps and the state: fresh, or the last checkpoint's.
+
+  The restored data iterator reads, from the restored step on, the batches the uninterrupted run
+  read; metrics.jsonl loses its rows after that step, which the run is about to log again.
+  """
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
   spe = steps_per_epoch(config)
-  models = train_state.build_models(config, spe)
   pre_steps = config.train.dcg_pretrain_epochs * spe
-  total = pre_steps + config.train.epochs * spe
-  train_iter = data.make_train_iterator(
-      config.data, image_size=config.image_size, global_batch_size=config.train.batch_size,
-      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
-  ckpt = checkpoint.Checkpointer(workdir, config.train.max_to_keep)
-  state = initial_state(config, models, mesh)
-  best = {'score': -np.inf, 'step': None}
-  if (last := ckpt.latest_step()) is not None:
+  run = _Run(config, workdir, mesh, train_state.build_models(config, spe), spe, pre_steps,
+             total=pre_steps + config.train.epochs * spe, tuned=train_state.cpu_tuned(config),
+             train_iter=data.make_train_iterator(
+                 config.data, image_size=config.image_size,
+                 global_batch_size=config.train.batch_size, seed=config.seed,
+                 process_index=jax.process_index(), process_count=jax.process_count()),
+             ckpt=checkpoint.Checkpointer(workdir, config.train.max_to_keep))
+  _restore_or_init(run)
+  run.writer = MetricWriter(workdir, resumed_step=run.step)
+  run.validator = Validator(config, run.models, mesh)
+  run.pretrain, run.joint = compiled_steps(run.models, mesh, run.tuned)
+  minutes = config.train.checkpoint_every_minutes
+  run.boundary = preemption.StepBoundary(mesh, None if minutes is None else 60.0 * minutes)
+  logging.info('%d steps per epoch; stage 1: %d steps, stage 2: %d steps; %d devices, %d processes',
+               spe, pre_steps, run.total - pre_steps, mesh.devices.size, jax.process_count())
+  _release(run)  # What the state's initialisation freed.
+  return run
+
+
+def _restore_or_init(run: _Run) -> None:
+  """The initial state, or the last periodic checkpoint's state, data position and best score."""
+  state = initial_state(run.config, run.models, run.mesh)
+  run.best = {'score': -np.inf, 'step': None}
+  if (last := run.ckpt.latest_step()) is not None:
     target = checkpoint.abstract_like(state)
     del state  # Freed before the restore allocates: two states never share memory.
-    state, meta = ckpt.restore(last, target, config, train_iter)
-    best = meta.get('best', best)
-    logging.info('resumed from %s at step %d', ckpt.path(last), int(state.step))
-  writer = MetricWriter(workdir)
-  validator = Validator(config, models, mesh)
-  pretrain, joint = compiled_steps(models, mesh)
-  train_key = _keys(config.seed)['train']
-  logging.info('%d steps per epoch; stage 1: %d steps, stage 2: %d steps; %d devices, %d processes',
-               spe, pre_steps, total - pre_steps, mesh.devices.size, jax.process_count())
+    state, meta = run.ckpt.restore(last, target, run.config, run.train_iter)
+    run.best = meta.get('best', run.best)
+    run.saved_step = last
+    logging.info('resumed from %s at step %d', run.ckpt.path(last), int(state.step))
+  run.state, run.step = state, int(state.step)
 
-  step = int(state.step)
-  # Where the run changes phase, the pages of what the last phase freed go back to the kernel
-  # (host_memory.py): here the state's initialisation, below each stage's compilation and each
-  # validation. Between steady-state steps glibc keeps them, which is what makes the steps fast.
-  host_memory.release_freed_memory()
-  first_step = step
-  bar = tqdm(total=total, initial=step, desc='train', disable=jax.process_index() != 0,
-             dynamic_ncols=True)
-  pending = None
-  # On CPU the next step is called only once the previous one has finished. In a bench-like
-  # script that called each ResNet50 joint step (224 px) while the previous one ran, every step's
-  # buffers landed in fresh memory: the process grew by 2.7 GB a step to 17 GB, and faulting the
-  # pages in slowed the steps from 13 s to 17-20 s. `bench/train_speed.py --queued` did not show
-  # it in one run, so the cause is not pinned down (README, Benchmarks > Memory); waiting costs
-  # nothing measurable here, and the batch is still read while the previous step runs.
-  # Accelerators allocate from their own pools and keep one step queued.
-  one_in_flight = jax.default_backend() == 'cpu'
-  while step < total:
-    batch = parallel.global_batch(next(train_iter), mesh)
-    if pending is not None and one_in_flight:
-      _check_finite(*pending, ckpt)
-      pending = None
-    if step < pre_steps:
-      state, metrics = pretrain(state, batch)
-    else:
-      state, metrics = joint(state, batch, jax.random.fold_in(train_key, step))
-    if pending is not None:  # Check the previous step while this one runs.
-      _check_finite(*pending, ckpt)
-    if step in (first_step, pre_steps):  # The stage's first step compiled its program.
-      jax.block_until_ready(metrics)
-      host_memory.release_freed_memory()
-    pending = (step, metrics)
-    step += 1
-    bar.update(1)
-    if step % config.train.log_every_steps == 0 or step == total:
-      host = jax.device_get(metrics)
-      writer.write(step, host, prefix='train/')
-      bar.set_postfix({k: f'{float(v):.4f}' for k, v in host.items() if k in ('loss', 'dcg_ce')})
-    end_of_epoch = step % spe == 0
-    stage_end = step in (pre_steps, total)
-    epoch = (step - pre_steps) // spe if step > pre_steps else 0
-    validate = stage_end or (end_of_epoch and step > pre_steps
-                             and epoch % config.train.eval_every_epochs == 0)
-    if validate:
-      _check_finite(*pending, ckpt)
-      scores = validator(state, joint=step > pre_steps)
-      host_memory.release_freed_memory()
-      writer.write(step, scores, prefix='val/')
-      logging.info('step %d validation (%s): %s', step, config.data.val_split, scores)
-      key = config.train.select_metric if step > pre_steps else f'dcg_{config.train.select_metric}'
-      # Stage-1 checkpoints compete only until the first joint validation replaces them.
-      if step > pre_steps and (best['step'] is None or best['step'] <= pre_steps):
-        best = {'score': -np.inf, 'step': None}
-      if scores[key] > best['score']:
-        best = {'score': float(scores[key]), 'step': step, 'metric': key}
-        ckpt.save(step, state, None, config, {'best': best, 'val': scores}, best=True)
-    if step % config.train.checkpoint_every_steps == 0 or stage_end:
-      _check_finite(*pending, ckpt)
-      ckpt.save(step, state, train_iter, config, {'best': best})
-    if os.environ.get(FAULT_ENV) == str(step):
-      os.kill(os.getpid(), signal.SIGKILL)
-  bar.close()
-  ckpt.wait()
-  writer.close()
-  logging.info('training done; best validation %s', best)
-  # The final evaluation uses the validation-chosen checkpoint. The training state is freed before
-  # it is restored: holding both raised the run's peak memory by 1.5 GB (ResNet50, 224 px).
-  if (best_step := ckpt.latest_step(best=True)) is not None:
+
+def _stage_1_pretrain_dcg(run: _Run) -> None:
+  """Stage 1: the DCG alone, on cross-entropy, so that the priors guiding the diffusion carry
+  class information before the epsilon network starts learning from them."""
+  _train(run, 'stage 1 (DCG)', 0, run.pre_steps,
+         lambda state, batch, step: run.pretrain(state, batch))
+
+
+def _stage_2_joint(run: _Run) -> None:
+  """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
+  a resumed run draws the noise and timesteps an uninterrupted run drew."""
+  key = train_state.keys(run.config.seed)['train']
+  _train(run, 'stage 2 (joint)', run.pre_steps, run.total,
+         lambda state, batch, step: run.joint(state, batch, jax.random.fold_in(key, step)))
+
+
+def _train(run: _Run, name: str, start: int, stop: int, step_fn) -> None:
+  """Steps [max(run.step, start), stop) of one stage, each followed by `_after_step`."""
+  if run.step >= stop:
+    return
+  validations = [s for s in range(max(run.step, start) + 1, stop + 1) if _validates(run, s)]
+  bar = progress.StageBar(name, start, stop, max(run.step, start), validations,
+                          enabled=jax.process_index() == 0)
+  first = run.step
+  try:
+    while run.step < stop:
+      batch = parallel.global_batch(next(run.train_iter), run.mesh)
+      # With CPU tuning a step is dispatched only once the previous one is done: on the CPU,
+      # steps that overlap each allocate fresh memory. Accelerators keep one step queued.
+      if run.tuned:
+        _check_pending(run)
+      run.state, metrics = step_fn(run.state, batch, run.step)
+      _check_pending(run)  # The previous step, checked while this one runs.
+      if run.tuned and run.step == first:  # This step compiled the stage's program.
+        jax.block_until_ready(metrics)
+        _release(run)
+      run.pending = (run.step, metrics)
+      run.step += 1
+      _after_step(run, metrics, bar, stop)
+  finally:
+    bar.close()
+
+
+def _after_step(run: _Run, metrics: dict, bar: progress.StageBar, stop: int) -> None:
+  """Logs, validates and saves after step `run.step`; stops here on an agreed signal."""
+  step, cfg = run.step, run.config.train
+  signum, time_due = run.boundary.poll()  # Every process, every step: it may reduce over them.
+  shown = None
+  if step % cfg.log_every_steps == 0 or step == run.total:
+    host = jax.device_get(metrics)
+    run.writer.write(step, host, prefix='train/')
+    shown = {k: v for k, v in host.items() if k in ('loss', 'dcg_ce')}
+  if _validates(run, step):
+    with bar.clock.paused(validation=True):
+      _validate(run, step)
+  every = cfg.checkpoint_every_steps
+  if step == stop or time_due or signum or (every and step % every == 0):
+    with bar.clock.paused():
+      _save(run)
+  bar.update(step, shown)
+  if signum:
+    raise preemption.Stopped(signum, step, run.ckpt.path(step))
+
+
+def _validates(run: _Run, step: int) -> bool:
+  """Validation after `step`: at both stage ends and every eval_every_epochs joint epochs."""
+  if step in (run.pre_steps, run.total):
+    return True
+  epoch, rest = divmod(step - run.pre_steps, run.spe)
+  return step > run.pre_steps and rest == 0 and epoch % run.config.train.eval_every_epochs == 0
+
+
+def _validate(run: _Run, step: int) -> None:
+  """Scores the validation split; a better score saves the best checkpoint.
+
+  Stage 1 is ranked by the DCG's metric, stage 2 by the diffusion's; stage-1 checkpoints compete
+  only until the first joint validation replaces them.
+  """
+  _check_pending(run)
+  scores = run.validator(run.state, joint=step > run.pre_steps)
+  _release(run)
+  run.writer.write(step, scores, prefix='val/')
+  logging.info('step %d validation (%s): %s', step, run.config.data.val_split, scores)
+  metric = run.config.train.select_metric
+  key = metric if step > run.pre_steps else f'dcg_{metric}'
+  if step > run.pre_steps and (run.best['step'] is None or run.best['step'] <= run.pre_steps):
+    run.best = {'score': -np.inf, 'step': None}
+  if scores[key] > run.best['score']:
+    run.best = {'score': float(scores[key]), 'step': step, 'metric': key}
+    run.ckpt.save(step, run.state, None, run.config, {'best': run.best, 'val': scores}, best=True)
+
+
+def _save(run: _Run) -> None:
+  """Saves the whole run at `run.step`, once per step; every process takes part."""
+  if run.saved_step == run.step:
+    return
+  _check_pending(run)
+  run.writer.flush()  # The metrics on disk reach at least as far as the checkpoint.
+  run.ckpt.save(run.step, run.state, run.train_iter, run.config, {'best': run.best})
+  run.saved_step = run.step
+  run.boundary.saved()
+
+
+def _check_pending(run: _Run) -> None:
+  if run.pending is not None:
+    _check_finite(*run.pending, run.ckpt)
+    run.pending = None
+
+
+def _release(run: _Run) -> None:
+  """With CPU tuning, hands what the phase just ended freed back to the kernel (host_memory.py)."""
+  if run.tuned:
+    host_memory.release_freed_memory()
+
+
+def _close(run: _Run) -> None:
+  """Waits for the saves in flight and closes the metric files."""
+  run.ckpt.wait()
+  run.writer.close()
+  run.ckpt.close()
+
+
+def _final_evaluation(run: _Run) -> dict:
+  """Evaluates config.eval.splits with the validation-chosen checkpoint (else the last state).
+
+  The training state is freed before that checkpoint is restored, so two states never share memory.
+  """
+  run.ckpt.wait()
+  run.writer.close()
+  logging.info('training done; best validation %s', run.best)
+  config, state, run.state = run.config, run.state, None
+  if (best_step := run.ckpt.latest_step(best=True)) is not None:
     target = checkpoint.abstract_like(state)
     del state
-    state, meta = ckpt.restore(best_step, target, config, best=True)
-    chosen = f"checkpoint of step {best_step}, best {meta['best']['metric']} on '{config.data.val_split}'"
-    host_memory.release_freed_memory()
+    state, meta = run.ckpt.restore(best_step, target, config, best=True)
+    chosen = (f"checkpoint of step {best_step}, best {meta['best']['metric']} on "
+              f"'{config.data.val_split}'")
+    _release(run)
   else:
     chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
-  results = evaluate_splits(config, workdir, models, mesh, state, chosen)
-  ckpt.close()
+  results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
+  run.ckpt.close()
   return results
-
-
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
-  e = config.eval
-  spec = evaluate.SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-  predict = evaluate.make_predict_fn(models, spec)
-  use_ema = uses_ema(config)
-  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
-  out = {}
-  for split in e.splits:
-    batches = data.make_eval_iterator(config.data, split, image_size=config.image_size,
-                                      global_batch_size=e.batch_size,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count())
-    n = data.num_examples(config.data, split)
-    with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
-      pred = evaluate.predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
-                                    _keys(config.seed)['eval'], progress=bar)
-    protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
-                f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
-    res = evaluate.split_results(pred, config.num_classes, split, protocol)
-    if jax.process_index() == 0:
-      paths = report.write_report(res, os.path.join(workdir, 'reports'), split)
-      logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
-    out[split] = res
-  return out

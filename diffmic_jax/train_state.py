@@ -7,6 +7,7 @@ epsilon network, the step), so one Orbax save captures a resumable run and one s
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -41,6 +42,13 @@ class TrainState:
     return self.ema_params if use_ema else self.eps.params
 
 
+@functools.lru_cache(maxsize=None)
+def keys(seed: int) -> dict:
+  """The run's per-purpose keys ('init', 'train', 'eval'), each folded from the one root key."""
+  root = jax.random.key(seed)
+  return {name: jax.random.fold_in(root, i) for i, name in enumerate(('init', 'train', 'eval'))}
+
+
 @dataclasses.dataclass(frozen=True)
 class Models:
   """The static half of a run: modules, optimizers, schedule and the numbers steps need."""
@@ -65,16 +73,23 @@ def _dtype(name: str):
     raise ValueError(f"model.dtype must be 'float32' or 'bfloat16', got {name!r}") from None
 
 
+def cpu_tuned(config) -> bool:
+  """Whether the run uses the CPU tuning: config.cpu_tuning, on the CPU backend only."""
+  return bool(config.cpu_tuning) and jax.default_backend() == 'cpu'
+
+
 def build_models(config, steps_per_epoch: int) -> Models:
   """Builds modules and optimizers from the config (the official recipe, see configs/default.py)."""
   m, t = config.model, config.train
   dtype = _dtype(m.dtype)
+  cpu = cpu_tuned(config)
   dcg = DCG(config.num_classes, backbone=m.dcg_backbone, small_stem=m.small_stem,
             width=m.width, num_rois=m.num_rois, top_t_percent=m.top_t_percent,
-            attention_dim=m.attention_dim, crop_first_channel=m.crop_first_channel, dtype=dtype)
+            attention_dim=m.attention_dim, crop_first_channel=m.crop_first_channel, dtype=dtype,
+            cpu_tuning=cpu)
   eps = EpsilonNet(config.num_classes, num_timesteps=config.diffusion.timesteps,
                    feature_dim=m.feature_dim, backbone=m.eps_backbone, small_stem=m.small_stem,
-                   width=m.width, prior_input=m.prior_input, dtype=dtype)
+                   width=m.width, prior_input=m.prior_input, dtype=dtype, cpu_tuning=cpu)
   total = max(1, t.epochs * steps_per_epoch)
   warmup = min(t.warmup_epochs * steps_per_epoch, total - 1)
   # Linear warm-up 0 -> lr, then half-cosine to min_lr at the last step (the official per-iteration

@@ -34,9 +34,8 @@ def _dcg_update(models: Models, net: NetState, images, labels):
     return losses.cross_entropy(out['logits'], labels, models.num_classes), (out, updates)
 
   (loss, (out, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(net.params)
-  with jax.named_scope('dcg_optimizer'):
-    step, opt_state = models.dcg_tx.update(grads, net.opt_state, net.params)
-    new = NetState(optax.apply_updates(net.params, step), updates['batch_stats'], opt_state)
+  step, opt_state = models.dcg_tx.update(grads, net.opt_state, net.params)
+  new = NetState(optax.apply_updates(net.params, step), updates['batch_stats'], opt_state)
   acc = jnp.mean(jnp.argmax(out['logits'], -1) == labels)
   return new, {'dcg_ce': loss, 'dcg_train_acc': acc}
 
@@ -132,13 +131,10 @@ def joint_step(models: Models, state: TrainState, batch: dict, key):
   grad_fn = jax.value_and_grad(diffusion_loss, argnums=1, has_aux=True)
   (_, (metrics, eps_stats)), grads = grad_fn(models, state.eps.params, state.eps.batch_stats,
                                              images, labels, priors, key)
-  # Named scopes label these ops in profiles (bench/profile_step.py); they change nothing else.
-  with jax.named_scope('eps_optimizer'):
-    updates, opt_state = models.eps_tx.update(grads, state.eps.opt_state, state.eps.params)
-    params = optax.apply_updates(state.eps.params, updates)
+  updates, opt_state = models.eps_tx.update(grads, state.eps.opt_state, state.eps.params)
+  params = optax.apply_updates(state.eps.params, updates)
   eps = NetState(params, eps_stats, opt_state)
-  with jax.named_scope('ema'):
-    ema = _ema(models, state.ema_params, params, state.joint_steps)
+  ema = _ema(models, state.ema_params, params, state.joint_steps)
 
   dcg, dcg_metrics = _dcg_update(models, state.dcg, images, labels)
   metrics.update(dcg_metrics, grad_norm=optax.tree.norm(grads),

@@ -1,7 +1,9 @@
-"""Test set-up: 8 fake CPU devices, parsed absl flags, where the real images live, a GCS server.
+"""Test set-up: the two tiers, 8 fake CPU devices, parsed absl flags, the real images, a GCS server.
 
-XLA_FLAGS must be set before JAX starts, so it happens here, at import time of the test session.
-grain worker processes read absl flags, which must count as parsed outside `absl.app.run`.
+`python -m pytest tests` runs the fast tier; `--slow` adds the tests marked `slow` (subprocess
+training jobs and anything over ~20 s); CI runs both. XLA_FLAGS must be set before JAX starts, so
+it happens here, at import time of the test session. grain worker processes read absl flags, which
+must count as parsed outside `absl.app.run`.
 """
 
 import importlib.util
@@ -21,6 +23,30 @@ flags.FLAGS.mark_as_parsed()
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_ROOT = pathlib.Path(os.environ.get('DIFFMIC_DATA_ROOT', REPO.parent / 'shared' / 'data'))
 GCS_BUCKET = 'diffmic-test'  # The one bucket of the `gcs` server.
+
+
+def pytest_addoption(parser):
+  parser.addoption('--slow', action='store_true', default=False,
+                   help='also run the tests marked slow (CI runs every tier)')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Without --slow, deselects the tests marked slow."""
+  if config.getoption('--slow'):
+    return
+  slow = [item for item in items if item.get_closest_marker('slow')]
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = [item for item in items if not item.get_closest_marker('slow')]
+
+
+def load_bench_script(name: str):
+  """bench/<name>.py loaded from its file, for tests of its helpers (bench/ is not a package to
+  import from tests)."""
+  spec = importlib.util.spec_from_file_location(f'bench_{name}', REPO / 'bench' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.fixture(scope='session')

@@ -1,7 +1,7 @@
 """Shared helpers for the data tests: configs, a demo build, and small real-image folders.
 
-Builds go to a per-session temporary folder; slow parts use a few dozen real images copied into
-`tmp_path`, never the whole set.
+Builds go to one temporary folder for the whole test run; slow parts use a few dozen real images
+copied into `tmp_path`, never the whole set.
 """
 
 import csv
@@ -17,8 +17,9 @@ _spec.loader.exec_module(default)
 
 
 def data_cfg(**overrides):
-  """`config.data` from the base config with `overrides` applied."""
+  """`config.data` from the base config with `overrides` applied (an unknown field raises)."""
   cfg = default.get_config().data
+  cfg.lock()
   for key, value in overrides.items():
     setattr(cfg, key, value)
   return cfg
@@ -60,4 +61,22 @@ def aptos_subset(data_root: pathlib.Path, dest: pathlib.Path, per_split: int = 1
       shutil.copy(src / row['file'], dest / 'images' / name)
       split = side if side == 'test' or taken[side] % 2 else 'validation'
       rows.append((f'images/{name}', row['label'], split))
+  return write_folder(dest, rows)
+
+
+def ham_folder(data_root: pathlib.Path, dest: pathlib.Path, n: int, start: int = 0):
+  """Copies HAM10000 images `start` .. `start + n - 1` into an image folder.
+
+  Returns:
+    The folder, with `labels.csv` (`file,label,split`), splits cycling train/validation/test.
+  """
+  src = data_root / 'ham10000_224'
+  with open(src / 'labels.csv') as f:
+    picked = list(csv.DictReader(f))[start:start + n]
+  (dest / 'images').mkdir(parents=True, exist_ok=True)
+  rows = []
+  for i, row in enumerate(picked):
+    name = os.path.basename(row['file'])
+    shutil.copy(src / row['file'], dest / 'images' / name)
+    rows.append((f'images/{name}', row['label'], ('train', 'validation', 'test')[i % 3]))
   return write_folder(dest, rows)

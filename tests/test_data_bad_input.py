@@ -5,6 +5,7 @@ the APTOS case reads the packaged split list against a labels.csv that lacks an 
 """
 
 import os
+import pathlib
 
 from data_helpers import data_cfg, write_folder
 import numpy as np
@@ -81,6 +82,7 @@ def test_failed_build_then_fixed_build(tmp_path):
 
 @pytest.mark.parametrize('row,text,kw,message', [
     (3, 'img/1.png,7,validation', {'num_classes': 3}, r'labels.csv:3: label 7 outside \[0, 3\)'),
+    (3, 'img/1.png,1,validation', {'num_classes': 2}, r'labels.csv:4: label 2 outside \[0, 2\)'),
     (3, 'img/1.png,-1,validation', {}, r'labels.csv:3: label -1 outside'),
     (3, 'img/1.png,cat,validation', {}, r"labels.csv:3: label 'cat' is not an integer"),
     (3, 'img/0.png,1,validation', {}, r"labels.csv:3: duplicate id 'img/0.png' \(first seen at "
@@ -95,7 +97,7 @@ def test_bad_rows(tmp_path, row, text, kw, message):
     _rewrite_row(root, 7, 'img/5.png,2,train')
   _rewrite_row(root, row, text)
   with pytest.raises(DataError, match=message):
-    data.prepare(_cfg(root, tmp_path, **kw))
+    data.prepare(_cfg(root, tmp_path), **kw)
   _nothing_built(tmp_path)
 
 
@@ -106,7 +108,7 @@ def test_skip_option_skips_and_lists(tmp_path):
   cfg = _cfg(root, tmp_path, skip_bad_examples=True)
   data.prepare(cfg)
   assert data.num_examples(cfg, 'train') == 1
-  skipped = (tmp_path / 'tfds' / 'image_folder' / 'default_28' / '1.0.0' / 'skipped.txt')
+  skipped = pathlib.Path(data.dataset.build_dir(cfg)) / 'skipped.txt'
   lines = skipped.read_text().splitlines()
   assert len(lines) == 2 and 'labels.csv:8' in lines[0] and 'labels.csv:5' in lines[1]
 

@@ -44,6 +44,7 @@ def _eval_count(cfg, split, size):
   return int(sum(b['mask'].sum() for b in batches))
 
 
+@pytest.mark.slow
 def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
   """A custom stored size given as JSON lands where `prepare` (data.stored_size=64) looks."""
   folder = aptos_subset(data_root, tmp_path / 'f', per_split=12)
@@ -53,26 +54,33 @@ def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
   by_cli, by_api = (data_cfg(name='image_folder', builder_config='default', stored_size=64,
                              manual_dir=str(folder), data_dir=str(tmp_path / d))
                     for d in ('cli', 'api'))
-  info = tmp_path / 'cli' / 'image_folder' / 'default_64' / '1.0.0' / 'dataset_info.json'
+  built = {cfg.data_dir: pathlib.Path(data.dataset.build_dir(cfg)) for cfg in (by_cli, by_api)}
+  info = built[by_cli.data_dir] / 'dataset_info.json'
+  assert info.is_file() and info.parent.parent.parent.parent.parent == tmp_path / 'cli'
   before = info.stat().st_mtime_ns
-  data.prepare(by_cli)  # Already built by the command line: nothing to do.
+  data.prepare(by_cli)  # Already built by the command line from the same source: nothing to do.
   assert info.stat().st_mtime_ns == before
   data.prepare(by_api)
   listing = lambda d: sorted(p.relative_to(d) for p in d.rglob('*array_record*'))
-  assert listing(tmp_path / 'cli' / 'image_folder') == listing(tmp_path / 'api' / 'image_folder')
+  assert listing(built[by_cli.data_dir]) == listing(built[by_api.data_dir])
   for split in ('train', 'validation', 'test'):
     assert _records(by_cli, split) == _records(by_api, split)  # Same ids, labels, bytes.
   assert [data.num_examples(by_cli, s) for s in ('train', 'validation', 'test')] == [6, 6, 12]
   assert _eval_count(by_cli, 'test', 64) == 12
 
 
+@pytest.mark.slow
 def test_cli_build_real_aptos_listed_config(data_root, tmp_path):
   """The documented command on the real 224 px APTOS folder, capped at 5 examples per split."""
   _tfds_build('aptos2019', '--config=diffmic_224',
               f'--manual_dir={data_root / "aptos2019_224"}', f'--data_dir={tmp_path}',
               '--max_examples_per_split=5')
   cfg = data_cfg(name='aptos2019', builder_config='diffmic', data_dir=str(tmp_path))
-  assert (tmp_path / 'aptos2019' / 'diffmic_224' / '1.0.0' / 'dataset_info.json').is_file()
+  built = pathlib.Path(data.dataset.build_dir(cfg))  # data.manual_dir unset: the one build there.
+  assert built.relative_to(tmp_path).parts[1:] == ('aptos2019', 'diffmic_224', '1.0.0')
+  record = json.loads((built / 'source.json').read_text())
+  assert record['manual_dir'] == str(data_root / 'aptos2019_224')
+  assert record['options']['max_examples_per_split'] == 5
   assert [data.num_examples(cfg, s) for s in ('train', 'validation', 'test')] == [5, 5, 5]
   assert _eval_count(cfg, 'validation', 224) == 5
 
@@ -109,6 +117,7 @@ def _isic_layout(data_root, root, n_train=30, test_per_class=1, header_only=Fals
   return root
 
 
+@pytest.mark.slow
 def test_isic_official_test_set_through_cli(data_root, tmp_path):
   """Synthetic layout: real HAM10000 images posing as the official test images (see above)."""
   manual = _isic_layout(data_root, tmp_path / 'manual')

@@ -33,7 +33,7 @@ def _same(a, b):
 def test_demo_build_counts_and_idempotent(demo):
   assert [data.num_examples(demo, s) for s in ('train', 'validation', 'test')] == [1080, 120, 400]
   assert data.class_counts(demo, 'train') == [486, 128, 206, 194, 66]
-  info = os.path.join(demo.data_dir, 'demo', 'retinamnist', '1.0.0', 'dataset_info.json')
+  info = os.path.join(data.dataset.build_dir(demo), 'dataset_info.json')
   before = os.stat(info).st_mtime_ns
   data.prepare(demo)
   assert os.stat(info).st_mtime_ns == before
@@ -150,8 +150,8 @@ def test_eval_is_not_augmented(demo):
 def aptos_folder(data_root, tmp_path_factory):
   root = aptos_subset(data_root, tmp_path_factory.mktemp('aptos_subset'))
   cfg = data_cfg(name='image_folder', builder_config='default', manual_dir=str(root),
-                 data_dir=str(tmp_path_factory.mktemp('tfds_aptos')), num_classes=5)
-  data.prepare(cfg)
+                 data_dir=str(tmp_path_factory.mktemp('tfds_aptos')))
+  data.prepare(cfg, num_classes=5)
   return cfg
 
 
@@ -162,6 +162,7 @@ def test_real_images_224_stored_read_at_64(aptos_folder):
   assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].mean() > 10
 
 
+@pytest.mark.slow
 def test_worker_processes(aptos_folder):
   cfg = data_cfg(**{**aptos_folder.to_dict(), 'num_workers': 2})
   it = data.make_train_iterator(cfg, image_size=64, global_batch_size=4, seed=0)

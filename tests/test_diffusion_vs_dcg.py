@@ -1,12 +1,14 @@
 """bench/diffusion_vs_dcg.py's helpers: the encoder ablation's row shuffle, the agreement counts,
-and the predict function's `encoder_images` argument on a real (tiny) model."""
+and its predict function's `encoder_images` argument on a real (tiny) model."""
 
 import jax
 import numpy as np
 
-from bench import diffusion_vs_dcg as dvd
 from configs import demo
+from conftest import load_bench_script
 from diffmic_jax import evaluate, train_state
+
+dvd = load_bench_script('diffusion_vs_dcg')
 
 
 def test_deranged_rows_send_every_real_row_elsewhere():
@@ -38,9 +40,12 @@ def test_encoder_images_change_only_the_diffusion():
   state = train_state.init_state(models, jax.random.key(0), config.image_size)
   npz = np.load(demo.__file__.replace('configs/demo.py', 'diffmic_jax/data/demo/retinamnist.npz'))
   images = npz['test_images'][:6]
-  predict = evaluate.make_predict_fn(models, evaluate.SamplerSpec('matched', 5, 2))
+  predict = dvd.make_predict_fn(models, evaluate.SamplerSpec('matched', 5, 2))
   args = (state.dcg.variables(), state.eps.variables(state.eps.params), images, jax.random.key(1))
   plain, same, other = predict(*args), predict(*args, images), predict(*args, images[::-1])
   np.testing.assert_array_equal(plain['sample_probs'], same['sample_probs'])
   np.testing.assert_array_equal(plain['dcg_prob'], other['dcg_prob'])
   assert np.abs(plain['sample_probs'] - other['sample_probs']).max() > 1e-6
+  # Without encoder images it is the package's predict function.
+  package = evaluate.make_predict_fn(models, evaluate.SamplerSpec('matched', 5, 2))(*args)
+  np.testing.assert_array_equal(plain['sample_probs'], package['sample_probs'])

@@ -1,66 +1,149 @@
-"""The main job as a user runs it, on real images and 8 fake CPU devices: train, get killed,
-resume, finish, evaluate and predict from the checkpoint, and refuse a checkpoint of another model."""
+"""The main job as a user runs it, on real images and 8 fake CPU devices: train; get killed (SIGKILL),
+stopped by SIGTERM and by Ctrl-C, resume each time and finish bit-exact with an uninterrupted run;
+evaluate and predict from the checkpoint, and refuse a checkpoint of another model."""
 
+import collections
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from configs import demo
-from diffmic_jax import checkpoint, inference, train
+from diffmic_jax import checkpoint, evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ['--config=configs/demo.py:smoke', '--config.train.epochs=3']
+TOTAL = 12  # 3 steps per epoch: 1 epoch of stage 1, 3 of stage 2.
+TIMEOUT_S = 900
+
+pytestmark = pytest.mark.slow  # Six training jobs.
 
 
-def _main(workdir, *extra, env=None, timeout=600):
-  cmd = [sys.executable, '-m', 'diffmic_jax.main', f'--workdir={workdir}', *ARGS, *extra]
-  full_env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-              'JAX_PLATFORMS': 'cpu', **(env or {})}
-  return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+def _env(cache):
+  # One compilation cache for the module: the later runs reuse the first one's programs.
+  return {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+          'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+def _rows(workdir):
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.endswith('}')]
 
 
 def _losses(workdir):
-  """Last logged training scalars per step (a resumed run re-logs the steps after its checkpoint)."""
-  rows = {}
-  for line in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines():
-    row = json.loads(line)
-    if 'train/dcg_ce' in row:
-      rows[row['step']] = row
-  return rows
+  """Training scalars per step."""
+  return {row['step']: row for row in _rows(workdir) if 'train/dcg_ce' in row}
+
+
+def _run(workdir, flags, cache, log, signal_at=None):
+  """Runs main to the end, or until `signal_at = (signal, step, what)`: the signal goes out as soon
+  as this run has written a metrics.jsonl row ('row') or a checkpoint ('checkpoint') of that step or
+  later. Returns (exit code, its output, the checkpoint steps right after it ended)."""
+  cmd = [sys.executable, '-m', 'diffmic_jax.main', f'--workdir={workdir}', *ARGS, *flags]
+  started = time.time()
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=err, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + TIMEOUT_S
+    while signal_at and proc.poll() is None and time.monotonic() < deadline:
+      sig, step, what = signal_at
+      if what == 'checkpoint':
+        reached = any(s >= step for s in _checkpoints(workdir))  # Orbax names it when complete.
+      else:
+        reached = any(r['step'] >= step and r['time'] >= started for r in _rows(workdir))
+      if reached:
+        proc.send_signal(sig)
+        break
+      time.sleep(0.02)
+    proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  return proc.returncode, log.read_text(), _checkpoints(workdir)
+
+
+def _checkpoints(workdir):
+  where = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in where.iterdir() if p.name.isdigit()) if where.exists() else []
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
+  """A straight run, and one run killed, stopped by SIGTERM, stopped by SIGINT and finished."""
   base = tmp_path_factory.mktemp('e2e')
-  data_dir = str(base / 'tfds')
-  straight, killed = base / 'straight', base / 'killed'
+  data_dir, cache = str(base / 'tfds'), base / 'jax_cache'
+  straight, stopped = base / 'straight', base / 'stopped'
   flags = [f'--config.data.data_dir={data_dir}']
-  a = _main(straight, *flags)
-  assert a.returncode == 0, a.stderr[-4000:]
-  b = _main(killed, *flags, env={train.FAULT_ENV: '7'})
-  assert b.returncode == -signal.SIGKILL, b.stderr[-4000:]
-  after_kill = sorted(int(p.name) for p in (killed / 'checkpoints').iterdir() if p.name.isdigit())
-  c = _main(killed, *flags)
-  assert c.returncode == 0, c.stderr[-4000:]
-  return {'straight': straight, 'killed': killed, 'after_kill': after_kill, 'resume_log': c.stderr,
-          'data_dir': data_dir}
+  code, log, _ = _run(straight, flags, cache, base / 'straight.log')
+  assert code == 0, log[-4000:]
+  out = {'straight': straight, 'stopped': stopped, 'data_dir': data_dir}
+  # SIGKILL once a checkpoint exists to resume from; the others once this run has logged a step
+  # past where it resumed.
+  for name, signal_at in (('kill', (signal.SIGKILL, 2, 'checkpoint')),
+                          ('term', (signal.SIGTERM, 5, 'row')), ('int', (signal.SIGINT, 8, 'row')),
+                          ('finish', None)):
+    out[name] = dict(zip(('code', 'log', 'ckpts'),
+                         _run(stopped, flags, cache, base / f'{name}.log', signal_at)))
+    out[name]['rows'] = _rows(stopped)
+  assert out['finish']['code'] == 0, out['finish']['log'][-4000:]
+  return out
 
 
 def test_killed_run_resumes_with_same_batches_and_losses(runs):
-  assert runs['after_kill'] and max(runs['after_kill']) < 12, runs['after_kill']
-  assert 'resumed from' in runs['resume_log']
-  want, got = _losses(runs['straight']), _losses(runs['killed'])
-  assert sorted(want) == list(range(1, 13)) and sorted(got) == sorted(want)
-  for step in want:
+  assert runs['kill']['code'] == -signal.SIGKILL, runs['kill']['log'][-4000:]
+  assert max(runs['kill']['ckpts'], default=0) < TOTAL, runs['kill']['ckpts']
+  assert 'resumed from' in runs['term']['log']
+  want, got = _losses(runs['straight']), _losses(runs['stopped'])
+  assert sorted(want) == list(range(1, TOTAL + 1)) and sorted(got) == sorted(want)
+  for step in want:  # Bit-exact: the same batches, keys and programs.
     for key in ('train/dcg_ce', 'train/loss', 'train/mse', 'train/mmd_global'):
-      if key in want[step]:
-        np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-5, err_msg=f'{key}@{step}')
+      assert got[step].get(key) == want[step].get(key), f'{key}@{step}'
+
+
+def _check_clean_stop(run, name, code, workdir):
+  """Exit code, the one-line message naming the checkpoint, and that checkpoint on disk."""
+  assert run['code'] == code, run['log'][-4000:]
+  last = run['log'].strip().splitlines()[-1]
+  match = re.fullmatch(rf'stopped by {name} after step (\d+); checkpoint: (\S+); run the same '
+                       r'command with the same --workdir to resume', last)
+  assert match, run['log'][-4000:]
+  step = int(match[1])
+  assert match[2] == str(workdir / 'checkpoints' / str(step)) and step in run['ckpts']
+  assert step < TOTAL and 'Traceback' not in run['log']
+  return step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(runs):
+  step = _check_clean_stop(runs['term'], 'SIGTERM', 143, runs['stopped'])
+  assert f"checkpoints/{step} at step {step}" in runs['int']['log']  # the next run resumed there
+  assert max(r['step'] for r in runs['term']['rows']) == step  # nothing logged past the save
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(runs):
+  step = _check_clean_stop(runs['int'], 'SIGINT', 130, runs['stopped'])
+  assert f"checkpoints/{step} at step {step}" in runs['finish']['log']
+  assert step > _check_clean_stop(runs['term'], 'SIGTERM', 143, runs['stopped'])
+
+
+def test_resumed_runs_leave_one_row_per_step(runs):
+  # The killed run logged steps past its last checkpoint; the run resumed from it dropped them.
+  counts = collections.Counter((r['step'], tuple(sorted(k for k in r if '/' in k)))
+                               for r in runs['finish']['rows'])
+  assert counts and set(counts.values()) == {1}, [k for k, n in counts.items() if n > 1]
+  assert [k for k in counts] == [(r['step'], tuple(sorted(k for k in r if '/' in k)))
+                                 for r in _rows(runs['straight'])]
 
 
 def test_files_a_user_gets(runs):
@@ -83,14 +166,14 @@ def test_evaluate_and_predict_from_checkpoint(runs):
   config = demo.get_config('smoke')
   config.train.epochs = 3
   config.data.data_dir = runs['data_dir']
-  results = inference.evaluate_checkpoint(config, str(runs['straight']), 'best')
+  results = evaluate.evaluate_checkpoint(config, str(runs['straight']), 'best')
   saved = json.loads((runs['straight'] / 'reports' / 'test.json').read_text())
   assert results['test']['diffusion']['accuracy'] == pytest.approx(saved['diffusion']['accuracy'])
   config.eval.save_saliency = True
-  out = inference.predict(config, str(runs['straight']), 'test', 'latest')
+  out = evaluate.predict(config, str(runs['straight']), 'latest', split='test')
   lines = pathlib.Path(out['test']['csv']).read_text().splitlines()
   assert len(lines) == 401
-  assert list((runs['straight'] / 'predictions' / 'test_saliency').glob('*.png'))
+  assert list((pathlib.Path(out['test']['dir']) / 'saliency').glob('*.png'))
 
 
 def test_checkpoint_of_another_model_is_refused(runs):
@@ -98,4 +181,4 @@ def test_checkpoint_of_another_model_is_refused(runs):
   config.data.data_dir = runs['data_dir']
   config.model.feature_dim = 32
   with pytest.raises(checkpoint.ConfigMismatchError, match='model.feature_dim'):
-    inference.restore(config, str(runs['straight']), 'best')
+    evaluate.restore(config, str(runs['straight']), 'best')

@@ -34,6 +34,7 @@ def test_bad_config_argument_and_sampler_are_refused():
     evaluate.make_predict_fn(models, evaluate.SamplerSpec('ddpm', 10, 1))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(tmp_path):
   config = demo.get_config('smoke')
   config.data.data_dir = str(tmp_path / 'tfds')

@@ -4,10 +4,8 @@ Nothing is mocked: gcsfs (behind etils.epath) and TensorStore (behind Orbax) spe
 emulator exactly as they would to Google's. Covered: main.py's config write and dataset build,
 metrics.jsonl surviving a resume on an object store that cannot append, TensorBoard events,
 the report and prediction files, and an Orbax checkpoint (state, grain iterator position, meta)
-saved to and restored from the bucket. Wall time here: 12 s on 2 CPU cores. A whole
-`--workdir=gs://...` smoke training run, checkpoints and final report included, also passed
-against this server by hand (94 s on 2 loaded cores); it is not repeated here because it would
-cost as much as the end-to-end test.
+saved to and restored from the bucket. A whole `--workdir=gs://...` training run is left out:
+each of these writers is covered here, and the run would cost as much as the end-to-end test.
 """
 
 import json
@@ -24,6 +22,8 @@ from configs import demo
 from conftest import GCS_BUCKET as BUCKET, REPO
 from diffmic_jax import checkpoint, data, report
 from diffmic_jax.metric_writer import MetricWriter
+
+pytestmark = pytest.mark.slow  # A GCS server and a subprocess of main.
 
 
 @pytest.fixture(scope='module')

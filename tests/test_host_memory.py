@@ -1,8 +1,7 @@
-"""host_memory: once `diffmic_jax.main` is imported, a warm jitted call stops page-faulting, and
-`release_freed_memory` hands a freed block's pages back.
+"""host_memory: nothing happens at import; `keep_freed_memory` re-executes the process once with
+glibc's settings; `release_freed_memory` hands a freed block's pages back.
 
-Each probe is a fresh process (importing main re-executes it with glibc's settings). The probe's
-output is 103 MB, the size of a ResNet50 stage-1 activation at batch 32.
+Each probe is a fresh process. How much the settings save is measured by bench/cpu_tuning.py.
 """
 
 import os
@@ -11,62 +10,29 @@ import sys
 
 import pytest
 
-_PROBE = """
-import resource
-import diffmic_jax.main  # What `python -m diffmic_jax.main` runs first.
-from diffmic_jax import host_memory
-import jax, jax.numpy as jnp
-f = jax.jit(lambda a, b: (a @ b) @ b.T)  # a @ b: a 103 MB temporary, as in a train step
-a, b = jnp.ones((100_352, 64)), jnp.ones((64, 256))
-for _ in range(10):
-  f(a, b).block_until_ready()
-faults = []
-for _ in range(10):
-  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  f(a, b).block_until_ready()
-  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(host_memory.in_force(), sorted(faults)[len(faults) // 2])
+from conftest import REPO
+
+_IMPORT_ALL = """
+import importlib, os, pkgutil
+print('started', flush=True)
+import configs, diffmic_jax
+names = [m.name for m in pkgutil.walk_packages(diffmic_jax.__path__, 'diffmic_jax.')]
+names += [m.name for m in pkgutil.iter_modules(configs.__path__, 'configs.')]
+for name in names:
+  importlib.import_module(name)
+print(len(names), any(k.startswith('MALLOC_') for k in os.environ))
 """
 
-_PAGES = 100_352 * 256 * 4 // 4096  # One call's temporary, in 4 KiB pages.
-
-
-def _run(probe: str, keep: str) -> tuple[bool, int]:
-  """(whether the setting was in force, the number) a probe prints last, run in a fresh process."""
-  from diffmic_jax import host_memory
-  env = {k: v for k, v in os.environ.items() if k not in host_memory.ENV}
-  env.update(DIFFMIC_KEEP_FREED_MEMORY=keep, JAX_PLATFORMS='cpu')
-  done = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True,
-                        check=True)
-  in_force, number = done.stdout.split()[-2:]
-  return in_force == 'True', int(number)
-
-
-def _probe(keep: str) -> tuple[bool, int]:
-  """(whether the setting is in force, median page faults of ten warm calls)."""
-  return _run(_PROBE, keep)
-
-
-def test_importing_main_stops_a_warm_step_faulting_its_outputs_back_in():
-  from diffmic_jax import host_memory
-  if not host_memory._glibc():
-    pytest.skip('not glibc: keep_freed_memory is a no-op here')
-  in_force, kept = _probe('1')
-  off, default = _probe('0')
-  assert in_force
-  assert not off
-  # glibc's defaults: every call faults its temporary in afresh (25,089 faults per call measured).
-  # Kept: none in a typical call. Now and then the heap still grows, when a small block has split
-  # the freed space and a call's buffers go above it: one call in ten runs, or three calls of ten
-  # while another process loaded the machine. The median call is the steady state either way.
-  assert default >= 0.9 * _PAGES, f'glibc defaults: {default} faults in the median call'
-  assert kept <= 0.1 * _PAGES, f'with keep_freed_memory: {kept} faults in the median call'
-
-
-_RELEASE_PROBE = """
-import numpy as np
-import diffmic_jax.main  # glibc's settings, as in a run
+_KEEP = """
+print('started', flush=True)
 from diffmic_jax import host_memory
+print(host_memory.keep_freed_memory(), host_memory.in_force())
+"""
+
+_RELEASE = """
+import numpy as np
+from diffmic_jax import host_memory
+host_memory.keep_freed_memory()  # glibc's settings, as in a CPU-tuned run
 
 def rss():
   return int(open('/proc/self/statm').read().split()[1]) * 4096
@@ -80,11 +46,49 @@ print(host_memory.in_force(), before - rss())
 """
 
 
-def test_release_freed_memory_hands_back_the_pages_of_a_freed_block():
+def _run(probe: str) -> list[str]:
+  """The lines a probe prints, run in a fresh process without glibc's settings."""
   from diffmic_jax import host_memory
-  if not host_memory._glibc() or not os.path.exists('/proc/self/statm'):
-    pytest.skip('needs glibc and /proc')
-  in_force, released = _run(_RELEASE_PROBE, '1')
-  assert in_force
-  # Kept by glibc until the call (test above), then handed back: nearly all of the 512 MiB.
-  assert released >= 0.9 * 2**29, f'released {released / 2**20:.0f} MiB of 512'
+  env = {k: v for k, v in os.environ.items()
+         if k not in host_memory.ENV and k != 'DIFFMIC_KEEP_FREED_MEMORY'}
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  done = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True,
+                        check=True, cwd=REPO)
+  return done.stdout.split('\n')[:-1]
+
+
+def _needs_glibc():
+  from diffmic_jax import host_memory
+  if not host_memory._glibc():
+    pytest.skip('not glibc: keep_freed_memory is a no-op here')
+
+
+def test_importing_every_module_changes_nothing():
+  lines = _run(_IMPORT_ALL)
+  assert lines[0] == 'started' and lines.count('started') == 1, lines  # not re-executed
+  count, malloc_set = lines[-1].split()
+  assert int(count) > 20 and malloc_set == 'False', lines
+
+
+def test_keep_freed_memory_re_executes_once_with_the_settings():
+  _needs_glibc()
+  lines = _run(_KEEP)
+  assert lines == ['started', 'started', 'True True'], lines
+
+
+def test_release_freed_memory_hands_back_the_pages_of_a_freed_block():
+  _needs_glibc()
+  if not os.path.exists('/proc/self/statm'):
+    pytest.skip('needs /proc')
+  in_force, released = _run(_RELEASE)[-1].split()
+  assert in_force == 'True'
+  # Kept by glibc until the call, then handed back: nearly all of the 512 MiB.
+  assert int(released) >= 0.9 * 2**29, f'released {int(released) / 2**20:.0f} MiB of 512'
+
+
+def test_cpu_only_host_follows_jax_platforms(monkeypatch):
+  from diffmic_jax import host_memory
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert not host_memory.cpu_only_host()  # No malloc settings where an accelerator runs.
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert host_memory.cpu_only_host()

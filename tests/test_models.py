@@ -144,14 +144,14 @@ def test_epsilon_net_forward_and_encode_head_split(size, small_stem, prior_input
     model.apply(variables, x, y_t, (pr,) * 3 if prior_input == 'fused' else pr[0], t)
 
 
-# Each case exercises one of conv.Conv's forms: 1x1 as a matmul (strided or not), 3x3 with an output
-# of <= 4 pixels as patches-times-kernel, and XLA's convolution otherwise.
+# Each case exercises one of conv.CpuConv's forms: 1x1 as a matmul (strided or not), 3x3 with an
+# output of <= 4 pixels as patches-times-kernel, and XLA's convolution otherwise.
 @pytest.mark.parametrize('kernel,stride,size', [
     (1, 1, 5), (1, 2, 7), (3, 1, 2), (3, 2, 4), (3, 1, 1), (3, 2, 2), (3, 1, 6), (3, 2, 9),
     (7, 2, 11)])
 def test_conv_matches_flax_conv_values_and_gradients(kernel, stride, size):
   pad = (kernel - 1) // 2
-  ours = conv.Conv(8, kernel, stride)
+  ours = conv.conv(8, kernel, stride, cpu_tuning=True)
   ref = nn.Conv(8, (kernel, kernel), (stride, stride), padding=[(pad, pad)] * 2, use_bias=False,
                 kernel_init=conv.kaiming_fan_out)
   x = jax.random.normal(jax.random.key(1), (3, size, size, 5))
@@ -173,21 +173,46 @@ def test_stem_max_pool_matches_reduce_window(size):
   pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
   # After the stem's ReLU, as in the ResNet: zeros tie, positive values do not.
   x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
-  np.testing.assert_array_equal(conv.max_pool_3x3_s2(jax.nn.relu(x)), pool(jax.nn.relu(x)))
+  ours = lambda x: conv.max_pool_3x3_s2(x, cpu_tuning=True)
+  np.testing.assert_array_equal(ours(jax.nn.relu(x)), pool(jax.nn.relu(x)))
   cot = jax.random.normal(jax.random.key(1), pool(x).shape)
   grad = lambda p: jax.grad(lambda x: jnp.vdot(p(jax.nn.relu(x)), cot))(x)
-  np.testing.assert_array_equal(grad(conv.max_pool_3x3_s2), grad(pool))
+  np.testing.assert_array_equal(grad(ours), grad(pool))
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the barrier is for XLA:CPU only')
-def test_xla_convolution_input_is_behind_a_barrier_on_cpu():
-  """The 3x3 convolution reads its input from behind an optimization barrier (conv._materialized);
-  the matmul forms do not need one."""
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
-  def barriers(kernel, size):
-    m = conv.Conv(4, kernel)
-    v = m.init(jax.random.key(0), x[:, :size, :size])
-    return str(jax.make_jaxpr(m.apply)(v, x[:, :size, :size])).count('optimization_barrier')
-  assert barriers(3, 8) == 1
-  assert barriers(3, 2) == 0  # patches-times-kernel
-  assert barriers(1, 8) == 0  # matmul
+@pytest.mark.parametrize('arch,small_stem', [('resnet_tiny', False), ('resnet50', True)])
+def test_cpu_tuning_keeps_parameters_and_values(arch, small_stem):
+  """The CPU forms are a faster computation of the same model: same variables, same outputs."""
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  plain, tuned = (backbone(arch, output='map', small_stem=small_stem, width=4, cpu_tuning=c)
+                  for c in (False, True))
+  assert isinstance(conv.conv(4, 3), nn.Conv) and isinstance(conv.conv(4, 3, cpu_tuning=True),
+                                                             conv.CpuConv)
+  v_plain, v_tuned = plain.init(jax.random.key(1), x), tuned.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, v_plain, v_tuned)
+  np.testing.assert_allclose(tuned.apply(v_plain, x), plain.apply(v_plain, x), rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_tuning_reaches_every_trunk_only_when_asked_for():
+  from configs import demo
+  from diffmic_jax import train_state
+  config = demo.get_config('smoke')
+  x = jnp.zeros((2, 28, 28, 3))
+  for asked in (False, True):
+    config.cpu_tuning = asked
+    models = train_state.build_models(config, steps_per_epoch=3)
+    used = asked and jax.default_backend() == 'cpu'
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+      called.append((context.module.scope.path, type(context.module)))
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      models.dcg.init(jax.random.key(0), x)
+      models.eps.init(jax.random.key(0), x, jnp.zeros((2, 5)), jnp.zeros((2, 5)),
+                      jnp.zeros((2,), jnp.int32))
+    convs = {path: cls for path, cls in called if cls in (nn.Conv, conv.CpuConv)}
+    trunks = {path[0] for path in convs}
+    assert trunks >= {'global_net', 'local_net', 'encoder'}, trunks
+    assert set(convs.values()) == {conv.CpuConv if used else nn.Conv}

@@ -16,8 +16,8 @@ def setup():
   config = demo.get_config('smoke')
   models = train_state.build_models(config, steps_per_epoch=3)
   npz = np.load(demo.__file__.replace('configs/demo.py', 'diffmic_jax/data/demo/retinamnist.npz'))
-  # 8 images per device. With 2 per device the sharded gradient of the encoder's first block came
-  # out 2.6% from a float64 run (1-device: 4e-6); with 8 per device, 5e-6. See the README.
+  # 8 images per device: with 2 per device the sharded gradient of the encoder's first block is
+  # 2.6% from a float64 run (1 device: 4e-6); with 8 per device, 5e-6.
   batch = {'image': npz['train_images'][:64], 'label': npz['train_labels'][:64, 0].astype(np.int32)}
   return config, models, batch
 
@@ -41,12 +41,13 @@ def _assert_metrics_equal(one, eight, keys=None, rtol=1e-5):
       np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_parameters(setup):
   # One DCG step, then one joint step, with plain SGD: an update is lr x gradient, so equal
   # parameters mean equal gradients. Adam divides by sqrt(v), which turns float noise in gradients
   # that are 0 in exact arithmetic (a bias feeding a BatchNorm) into lr-sized steps; and chaining
-  # many updates of this tiny, BatchNorm-heavy net amplifies float noise (measured: loss 1e-7 apart
-  # after one update, 8e-4 after two). Neither says anything about the sharding, so: one update each.
+  # many updates of this tiny, BatchNorm-heavy net amplifies float noise (loss 1e-7 apart after
+  # one update, 8e-4 after two). Neither says anything about the sharding, so: one update each.
   # The ROI choice is a top-k over near-tied saliency in an untrained net: a float-noise flip picks
   # another tile. Taking all 16 cells of the 4x4 grid makes the (order-free) attention pool exact.
   config, _, batch = setup
@@ -58,12 +59,12 @@ def test_eight_devices_equal_one_parameters(setup):
   one = _run(config, sgd, batch, jax.devices()[:1], joint_steps=1)
   eight = _run(config, sgd, batch, jax.devices(), joint_steps=1)
   # How far float noise alone moves this tiny net: the same 1-device run with the lowest bit of one
-  # uint8 pixel flipped. Its BatchNorm-heavy trunks amplify input changes (measured: that flip moved
-  # the epsilon encoder's BatchNorm updates by up to 4e-3 and the DCG local stream's by 1.1e-2), so
+  # uint8 pixel flipped. Its BatchNorm-heavy trunks amplify input changes (that flip moves the
+  # epsilon encoder's BatchNorm updates by up to 4e-3 and the DCG local stream's by 1.1e-2), so
   # reduction-order rounding that differs between 1 and 8 devices can exceed the fixed bounds
-  # below for reasons that have nothing to do with the sharding (it did once 1x1 convs became
-  # matmuls). Each bound is the fixed one or twice this run's own sensitivity, whichever is larger;
-  # the sharding bugs this test exists for move updates by 100-800%.
+  # below for reasons that have nothing to do with the sharding. Each bound is the fixed one or
+  # twice this run's own sensitivity, whichever is larger; the sharding bugs this test exists for
+  # move updates by 100-800%.
   nudged = dict(batch, image=np.array(batch['image']))
   nudged['image'][0, 0, 0, 0] ^= 1
   noise = _run(config, sgd, nudged, jax.devices()[:1], joint_steps=1)

@@ -11,6 +11,7 @@ from diffmic_jax import convert, parallel, train, train_state
 from diffmic_jax.models import resnet
 
 
+@pytest.mark.slow
 def test_training_starts_from_the_converted_file(tmp_path):
   # A ResNet18 with its own random weights stands in for a converted ImageNet file.
   src = resnet.backbone('resnet18', output='logits').init(jax.random.key(42), jnp.zeros((1, 64, 64, 3)))

@@ -1,10 +1,19 @@
-"""bench/profile_step.py's reading of a compiled program: kinds, FLOPs and DiffMIC parts."""
+"""bench/profile_step.py's reading of a compiled program: kinds, FLOPs and DiffMIC parts, and the
+profiler scopes it adds to the package's steps (which carry none of their own)."""
+
+import functools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from bench import profile_step
+from configs import demo
+from conftest import load_bench_script
+from diffmic_jax import train_state, train_steps
+
+profile_step = load_bench_script('profile_step')
 
 
 @pytest.fixture(scope='module')
@@ -55,3 +64,29 @@ def test_kernel_gradient_is_told_from_the_forward_pass(program):
 ])
 def test_part_of(op_name, part):
   assert profile_step.part_of(op_name) == part
+
+
+def _scopes(models) -> set:
+  """Every name-stack scope in the traced joint step (sub-jaxprs included)."""
+  config = demo.get_config('smoke')
+  state = train_state.init_state(models, jax.random.key(0), config.image_size)
+  batch = {'image': np.zeros((4, config.image_size, config.image_size, 3), np.uint8),
+           'label': np.arange(4, dtype=np.int32) % config.num_classes}
+  jaxpr = jax.make_jaxpr(functools.partial(train_steps.joint_step, models))(
+      state, batch, jax.random.key(1))
+  found, todo = set(), [jaxpr.jaxpr]
+  while todo:
+    for eqn in todo.pop().eqns:
+      found.update(str(eqn.source_info.name_stack).replace('(', '/').replace(')', '/').split('/'))
+      todo.extend(j.jaxpr if hasattr(j, 'jaxpr') else j for j in jax.extend.core.jaxprs_in_params(eqn.params))
+  return found
+
+
+@pytest.mark.slow
+def test_scopes_are_added_by_the_bench_only():
+  models = train_state.build_models(demo.get_config('smoke'), steps_per_epoch=3)
+  parts = {'mmd', 'ema', 'eps_optimizer', 'dcg_optimizer'}
+  assert not parts & _scopes(models)
+  with profile_step.add_scopes(models) as scoped:
+    assert parts <= _scopes(scoped)
+  assert not parts & _scopes(models)  # The package's functions are back.

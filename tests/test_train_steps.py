@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 from configs import demo
-from diffmic_jax import losses, parallel, train, train_state, train_steps
+from diffmic_jax import losses, train_state, train_steps
 from diffmic_jax.data.normalize import normalize
 from diffmic_jax.models import priors as dcg_priors
 
@@ -123,26 +123,6 @@ def test_joint_and_pretrain_steps_update_state(setup):
   new2, m2 = pre(state, batch)
   assert int(new2.step) == 1 and int(new2.joint_steps) == 0 and np.isfinite(float(m2['dcg_ce']))
   assert not changed(new2.eps.params, state.eps.params)
-
-
-def test_train_steps_compile_with_the_memory_optimised_scheduler(setup):
-  """The joint step as train.py jits it keeps well under half of what XLA's CPU default keeps.
-
-  XLA's default CPU scheduler runs gradient-independent backward work during the forward pass and
-  the DCG forward beside the epsilon backward (see train.xla_options). If a future XLA makes the
-  memory-optimised scheduler the default, this fails and train.xla_options can go.
-  """
-  config, models, _, _ = setup
-  state = jax.eval_shape(lambda k: train_state.init_state(models, k, config.image_size),
-                         jax.random.key(0))
-  size = config.image_size
-  batch = {'image': jax.ShapeDtypeStruct((32, size, size, 3), jnp.uint8),
-           'label': jax.ShapeDtypeStruct((32,), jnp.int32)}
-  args = (state, batch, jax.random.key(1))
-  temp = lambda step: step.lower(*args).compile().memory_analysis().temp_size_in_bytes
-  _, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]))
-  default = jax.jit(lambda *a: train_steps.joint_step(models, *a), donate_argnums=0)
-  assert temp(joint) <= 0.6 * temp(default), (temp(joint), temp(default))
 
 
 def test_y0_cross_entropy_is_the_official_add_ce_loss(setup):

@@ -1,58 +1,98 @@
-"""From `config.data` to a built TFDS dataset and its random-access sources.
+"""From `config.data` to where its build lives, and the random-access sources of that build.
 
-`prepare` builds once (idempotent); `num_examples`, `class_counts` and `data_source` read what was
-built. Reading needs only the array_record files and `dataset_info.json`, not the manual folder.
-A remote `data.data_dir` (gs://...) is built on local disk and uploaded, and read from a copy
-each host stages once (`staging.py`): array_record opens local files only.
+A build lives at `<data_dir>/<source id>/<name>/<config>/<version>` (`source.py`): one per manual
+directory, so two folders never share or replace a build. `num_examples`, `class_counts` and
+`data_source` read what `builds.prepare` built; reading needs only the array_record files,
+`dataset_info.json` and `source.json`, not the manual folder. A remote `data.data_dir` (gs://...)
+is read from a copy each host stages once (`staging.py`): array_record opens local files only.
 """
 
 import functools
 import os
-import shutil
 
-from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from diffmic_jax.data import builders as resolvers
+from diffmic_jax.data import source
 from diffmic_jax.data import staging
 from diffmic_jax.data.builders import medmnist
 from diffmic_jax.data.builders.tfds_builders import BUILDERS, VERSION, DiffmicConfig, config_name
-from diffmic_jax.data.examples import DataError, check_splits
+from diffmic_jax.data.examples import DataError
 
 
 def builder_config_of(data_cfg) -> DiffmicConfig:
   """The TFDS builder config (scheme, stored size, K, encoding) a `config.data` asks for.
 
-  Its `num_classes` is the K this `config.data` trains with (image_folder: `data.num_classes`),
-  which may differ from the listed config's; `builder_of` hands TFDS the listed config.
+  Its `num_classes` is the dataset's fixed K, or -1 when the labels decide (image_folder, a
+  MedMNIST file not in `KNOWN_CLASSES`).
   """
   name, scheme = data_cfg.name, data_cfg.builder_config
   if name not in BUILDERS:
     raise DataError(f'data.name {name!r} is not one of {sorted(BUILDERS)}')
   if name in ('medmnist', 'demo'):
     scheme = 'retinamnist' if name == 'demo' else scheme
-    k = medmnist.KNOWN_CLASSES.get(scheme, data_cfg.get('num_classes', -1))
     return DiffmicConfig(name=config_name(scheme, None), scheme=scheme, stored_size=None,
-                         num_classes=k, encoding='png')
+                         num_classes=medmnist.KNOWN_CLASSES.get(scheme, -1), encoding='png')
   module = resolvers.RESOLVERS[name]
   if scheme not in module.SCHEMES:
     raise DataError(f'data.builder_config {scheme!r} is not one of {module.SCHEMES} for {name}')
-  size = int(data_cfg.get('stored_size', 224))
-  k = module.NUM_CLASSES or int(data_cfg.get('num_classes', -1))
+  size = int(data_cfg.stored_size)
   return DiffmicConfig(name=config_name(scheme, size), scheme=scheme, stored_size=size,
-                       num_classes=k, encoding='jpeg')
+                       num_classes=module.NUM_CLASSES or -1, encoding='jpeg')
 
 
-def _data_dir(data_cfg) -> str:
+def data_dir_of(data_cfg) -> str:
   path = os.path.expanduser(data_cfg.data_dir)
   return path if staging.is_remote(path) else os.path.abspath(path)
 
 
-def _relative_dir(data_cfg) -> str:
-  """`<name>/<config>/<version>`: where a build lives under a data dir."""
+def version_dir(data_cfg) -> str:
+  """`<name>/<config>/<version>`: where TFDS puts a build under its root."""
   return os.path.join(data_cfg.name, builder_config_of(data_cfg).name, VERSION)
+
+
+def _builds(data_cfg) -> list[tuple[str, dict]]:
+  """`(source id, record)` of every build of this name/config/version in `data.data_dir`."""
+  root = epath.Path(data_dir_of(data_cfg))
+  if not root.is_dir():
+    return []
+  found = []
+  for entry in sorted(root.iterdir(), key=lambda p: p.name):
+    folder = entry / version_dir(data_cfg)
+    record = source.read(folder) if is_built(folder) else None
+    if record is not None:
+      found.append((entry.name, record))
+  return found
+
+
+def source_of(data_cfg) -> tuple[str, str]:
+  """`(source id, manual directory)` of the build `config.data` reads and `prepare` makes.
+
+  `data.manual_dir` names the source. Unset, the one build of this name/config in
+  `data.data_dir` is used (several are refused), else TFDS's default manual directory.
+  """
+  if data_cfg.name == 'demo':
+    return source.DEMO_ID, BUILDERS['demo'].DEMO_DIR
+  if data_cfg.manual_dir:
+    path = os.path.abspath(os.path.expanduser(data_cfg.manual_dir))
+    return source.source_id(path), path
+  found = _builds(data_cfg)
+  if len(found) > 1:
+    listing = '; '.join(f"{sid}: {record['manual_dir']}" for sid, record in found)
+    raise DataError(f'data.manual_dir is unset and {data_dir_of(data_cfg)} holds builds of '
+                    f'{version_dir(data_cfg)} from {len(found)} sources ({listing}); set '
+                    'data.manual_dir to the one to use')
+  if found:
+    return found[0][0], found[0][1]['manual_dir']
+  path = os.path.join(data_dir_of(data_cfg), 'downloads', 'manual', data_cfg.name)
+  return source.source_id(path), path
+
+
+def build_dir(data_cfg) -> str:
+  """Where the build of `config.data` lives: `<data_dir>/<source id>/<name>/<config>/<version>`."""
+  return os.path.join(data_dir_of(data_cfg), source_of(data_cfg)[0], version_dir(data_cfg))
 
 
 def builder_of(data_cfg, data_dir: str | None = None, **kwargs) -> tfds.core.DatasetBuilder:
@@ -60,85 +100,39 @@ def builder_of(data_cfg, data_dir: str | None = None, **kwargs) -> tfds.core.Dat
 
   Args:
     data_cfg: `config.data`.
-    data_dir: Overrides `data.data_dir` (a remote one's local copy).
+    data_dir: The TFDS root to use instead of `<data.data_dir>/<source id>` (a remote build's
+      local copy).
     **kwargs: Passed on to the builder (`resolved` splits for a build).
   """
   config = builder_config_of(data_cfg)  # Checks the name first.
+  if data_dir is None:
+    data_dir = os.path.join(data_dir_of(data_cfg), source_of(data_cfg)[0])
   return BUILDERS[data_cfg.name](
-      config=config, data_dir=data_dir or _data_dir(data_cfg), file_format='array_record',
-      num_classes=config.num_classes, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
-      **kwargs)
+      config=config, data_dir=data_dir, file_format='array_record',
+      skip_bad=bool(data_cfg.get('skip_bad_examples', False)), **kwargs)
 
 
 def manual_dir_of(data_cfg) -> str:
-  if data_cfg.name == 'demo':
-    return BUILDERS['demo'].DEMO_DIR
-  if data_cfg.manual_dir:
-    return os.path.abspath(os.path.expanduser(data_cfg.manual_dir))
-  return os.path.join(_data_dir(data_cfg), 'downloads', 'manual', data_cfg.name)
+  """The manual directory (or MedMNIST file) a build of `config.data` reads."""
+  return source_of(data_cfg)[1]
 
 
-def _is_built(builder) -> bool:
-  return (epath.Path(builder.data_dir) / 'dataset_info.json').exists()  # Local or gs://.
-
-
-def resolve_splits(data_cfg, skipped: list[str] | None = None):
-  """Resolves and checks the splits `config.data` names, touching no pixel.
-
-  Returns:
-    `{split: [Example]}` after `check_splits` (bad rows raise, or are skipped and listed in
-    `skipped` when `data.skip_bad_examples`).
-  """
-  cfg = builder_config_of(data_cfg)
-  name = 'medmnist' if data_cfg.name == 'demo' else data_cfg.name
-  splits = resolvers.RESOLVERS[name].resolve(manual_dir_of(data_cfg), cfg.scheme, cfg.num_classes)
-  k = cfg.num_classes if cfg.num_classes > 0 else 1 + max(
-      ex.label for part in splits.values() for ex in part)
-  return check_splits(splits, k, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
-                      skipped=skipped)
-
-
-def prepare(data_cfg) -> None:
-  """Builds the dataset `config.data` names into `data.data_dir` unless it is built already.
-
-  Every cheap check runs before anything is written; image decoding errors stop the build
-  inside TFDS's temporary folder, which is then removed. With `data.skip_bad_examples`, bad
-  examples are skipped and listed in `skipped.txt` next to the built dataset.
-
-  array_record's writer opens local files only, so a remote `data.data_dir` is built into this
-  host's staging cache and uploaded from there, `dataset_info.json` last: a killed upload does not
-  count as built, and the next `prepare` builds again.
-  """
-  builder = builder_of(data_cfg)
-  if _is_built(builder):
-    return
-  url = _data_dir(data_cfg)
-  if not staging.is_remote(url):
-    _build(data_cfg, url)
-    return
-  root = staging.cache_dir(url)
-  shutil.rmtree(os.path.join(root, _relative_dir(data_cfg)), ignore_errors=True)  # A stale copy.
-  staging.upload(_build(data_cfg, root), os.fspath(builder.data_dir))
-
-
-def _build(data_cfg, data_dir: str) -> str:
-  """Builds into the local `data_dir`; returns the built folder."""
-  skipped: list[str] = []
-  splits = resolve_splits(data_cfg, skipped)
-  builder = builder_of(data_cfg, data_dir=data_dir, resolved=splits)
-  builder.skipped = skipped
-  logging.info('Building %s/%s into %s', data_cfg.name, builder.builder_config.name,
-               builder.data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir_of(data_cfg)))
-  if builder.skipped:
-    path = epath.Path(builder.data_dir) / 'skipped.txt'
-    path.write_text('\n'.join(builder.skipped) + '\n')
-    logging.warning('Skipped %d bad examples; listed in %s', len(builder.skipped), path)
-  return os.fspath(builder.data_dir)
+def is_built(folder) -> bool:
+  return (epath.Path(folder) / 'dataset_info.json').exists()  # Local or gs://.
 
 
 _BUILT: dict[tuple, tfds.core.DatasetBuilder] = {}
+
+
+def _key(data_cfg) -> tuple:
+  return (data_dir_of(data_cfg), data_cfg.name, builder_config_of(data_cfg).name,
+          data_cfg.manual_dir or None)
+
+
+def forget(data_cfg) -> None:
+  """Drops what this process cached about the build `prepare` is about to replace."""
+  _BUILT.pop(_key(data_cfg), None)
+  _labels.cache_clear()
 
 
 def _built_builder(data_cfg):
@@ -146,12 +140,12 @@ def _built_builder(data_cfg):
 
   For a remote `data.data_dir`, the builder of this host's local copy, staged here.
   """
-  cfg = builder_config_of(data_cfg)
-  key = (_data_dir(data_cfg), data_cfg.name, cfg.name)
+  key = _key(data_cfg)
   if key not in _BUILT:
     builder = builder_of(data_cfg)
-    if not _is_built(builder):
-      raise DataError(f'{data_cfg.name}/{cfg.name} is not built in {builder.data_dir} (no '
+    if not is_built(builder.data_dir):
+      raise DataError(f'{data_cfg.name}/{builder.builder_config.name} of '
+                      f'{manual_dir_of(data_cfg)} is not built in {builder.data_dir} (no '
                       'dataset_info.json); call diffmic_jax.data.prepare(config.data) first')
     _BUILT[key] = _staged(data_cfg, builder) if staging.is_remote(key[0]) else builder
   return _BUILT[key]
@@ -159,9 +153,12 @@ def _built_builder(data_cfg):
 
 def _staged(data_cfg, remote: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Copies a remote build to this host once (see `staging.py`); returns the local builder."""
-  root = staging.cache_dir(_data_dir(data_cfg))
+  sid = source_of(data_cfg)[0]
+  root = os.path.join(staging.cache_dir(data_dir_of(data_cfg)), sid)
+  record = source.read(epath.Path(remote.data_dir)) or {}
   shards = [f for split in remote.info.splits.values() for f in split.filenames]
-  staging.download(os.fspath(remote.data_dir), os.path.join(root, _relative_dir(data_cfg)), shards)
+  staging.download(os.fspath(remote.data_dir), os.path.join(root, version_dir(data_cfg)), shards,
+                   stamp=record.get('digest', ''))
   return builder_of(data_cfg, data_dir=root)
 
 
@@ -188,13 +185,19 @@ def labels_of(data_cfg, split: str) -> np.ndarray:
   return _labels(os.fspath(_built_builder(data_cfg).data_dir), split)
 
 
+def built_record(data_cfg) -> dict:
+  """The source record stored with the build `config.data` reads (see `source.py`)."""
+  folder = epath.Path(_built_builder(data_cfg).data_dir)
+  record = source.read(folder)
+  if record is None:
+    raise DataError(f'{folder} has no {source.RECORD_NAME}; delete it and call '
+                    'diffmic_jax.data.prepare(config.data) to rebuild it')
+  return record
+
+
 def num_classes_of(data_cfg) -> int:
-  """K of the built dataset."""
-  cfg = builder_config_of(data_cfg)
-  if cfg.num_classes > 0:
-    return cfg.num_classes
-  return 1 + max(int(labels_of(data_cfg, s).max()) for s in ('train', 'validation', 'test')
-                 if s in _built_builder(data_cfg).info.splits)
+  """K of the built dataset: the dataset's fixed K, else its labels' (recorded at build time)."""
+  return built_record(data_cfg)['num_classes']
 
 
 def class_counts(data_cfg, split: str) -> list[int]:

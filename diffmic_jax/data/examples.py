@@ -16,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from diffmic_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """Bad input data; the message names the file and row."""
 
 

@@ -6,7 +6,7 @@ host stages for itself (`download`, once: each host has its own disk), and built
 then sent up (`upload`, `dataset_info.json` last, since that file is what makes a build count as
 built). A local copy counts as complete only when its marker, written after every file, lists the
 same files and sizes as the remote folder: a killed copy is redone, a rebuilt remote is fetched
-again.
+again, and so is a copy whose stamp (the build's source digest) differs from the remote's.
 """
 
 import json
@@ -50,19 +50,21 @@ def _listing(folder: epath.Path, prefix: str = '') -> dict[str, int]:
   return files
 
 
-def _is_complete(local: pathlib.Path, url: str, listing: dict[str, int]) -> bool:
+def _is_complete(local: pathlib.Path, url: str, listing: dict[str, int], stamp: str) -> bool:
   try:
     marker = json.loads((local / MARKER).read_text())
   except (OSError, ValueError):
     return False
-  return marker.get('source') == url and marker.get('files') == listing and all(
+  return marker.get('source') == url and marker.get('stamp', '') == stamp and marker.get(
+      'files') == listing and all(
       (local / rel).is_file() and (local / rel).stat().st_size == size
       for rel, size in listing.items())
 
 
-def _write_marker(local: pathlib.Path, url: str, listing: dict[str, int]) -> None:
+def _write_marker(local: pathlib.Path, url: str, listing: dict[str, int], stamp: str) -> None:
   tmp = local / f'{MARKER}.{os.getpid()}.tmp'
-  tmp.write_text(json.dumps({'source': url, 'files': listing}, indent=1, sort_keys=True))
+  tmp.write_text(json.dumps({'source': url, 'stamp': stamp, 'files': listing}, indent=1,
+                            sort_keys=True))
   os.replace(tmp, local / MARKER)
 
 
@@ -86,14 +88,16 @@ def _fetch(url: str, rel: str, size: int, local: pathlib.Path) -> None:
   os.replace(tmp, dst)
 
 
-def download(url: str, local: str, required: list[str] = ()) -> None:
+def download(url: str, local: str, required: list[str] = (), stamp: str = '') -> None:
   """Copies the remote folder `url` to `local` unless a complete copy is there already.
 
   Args:
-    url: A built dataset folder, `<data_dir>/<name>/<config>/<version>`.
+    url: A built dataset folder, `<data_dir>/<source id>/<name>/<config>/<version>`.
     local: Where this host keeps its copy (created).
     required: Files the folder must hold (the shards `dataset_info.json` names); a missing one
       raises `DataError` naming it and `url`, before anything is copied.
+    stamp: What identifies the remote build's content (its source digest): a rebuild from a
+      changed source can leave every file size as it was.
   """
   local = pathlib.Path(local)
   listing = _listing(epath.Path(url))
@@ -101,17 +105,17 @@ def download(url: str, local: str, required: list[str] = ()) -> None:
     if rel not in listing:
       raise DataError(f'{url} has no {rel}: an incomplete build or upload; build it again with '
                       'diffmic_jax.data.prepare(config.data)')
-  if _is_complete(local, url, listing):
+  if _is_complete(local, url, listing, stamp):
     return
   logging.info('Copying %s (%d files, %.1f MB) to %s', url, len(listing),
                sum(listing.values()) / 2**20, local)
   (local / MARKER).unlink(missing_ok=True)
   for rel, size in sorted(listing.items()):
     _fetch(url, rel, size, local)
-  _write_marker(local, url, listing)
+  _write_marker(local, url, listing, stamp)
 
 
-def upload(local: str, url: str) -> None:
+def upload(local: str, url: str, stamp: str = '') -> None:
   """Sends the built folder `local` to `url`, `dataset_info.json` last; `local` becomes its copy."""
   local = pathlib.Path(local)
   listing = _listing(epath.Path(local))
@@ -119,4 +123,4 @@ def upload(local: str, url: str) -> None:
                sum(listing.values()) / 2**20, url)
   for rel in sorted(listing, key=lambda rel: (rel == _INFO, rel)):
     epath.Path(local, rel).copy(epath.Path(url, rel), overwrite=True)
-  _write_marker(local, url, listing)
+  _write_marker(local, url, listing, stamp)

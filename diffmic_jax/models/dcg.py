@@ -101,13 +101,16 @@ class DCG(nn.Module):
   attention_dim: int = 128
   crop_first_channel: bool = False
   dtype: Any = jnp.float32
+  cpu_tuning: bool = False  # models/conv.py's XLA:CPU forms.
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    trunk = dict(small_stem=self.small_stem, width=self.width, dtype=self.dtype)
+    trunk = dict(small_stem=self.small_stem, width=self.width, dtype=self.dtype,
+                 cpu_tuning=self.cpu_tuning)
     fmap = resnet.backbone(self.backbone, output='map', name='global_net', **trunk)(images, train)
-    saliency = conv.Conv(self.num_classes, 1, kernel_init=nn.initializers.lecun_normal(),
-                         dtype=self.dtype, name='saliency_conv')(fmap)
+    saliency = conv.conv(self.num_classes, 1, cpu_tuning=self.cpu_tuning,
+                         kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+                         name='saliency_conv')(fmap)
     saliency = saliency.astype(jnp.float32)
     logits_global = top_t_percent_mean(saliency, self.top_t_percent)
 

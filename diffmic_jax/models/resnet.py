@@ -29,13 +29,15 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  cpu_tuning: bool = False  # conv.py's XLA:CPU forms instead of nn.Conv.
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = conv.Conv(self.features, 3, self.stride, dtype=self.dtype, name='conv1')(x)
+    y = conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
+                  name='conv1')(x)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv.Conv(self.features, 3, 1, dtype=self.dtype, name='conv2')(y)
+    y = conv.conv(self.features, 3, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv2')(y)
     y = _batch_norm(train, self.dtype, 'bn2')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -45,15 +47,18 @@ class Bottleneck(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  cpu_tuning: bool = False
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = conv.Conv(self.features, 1, 1, dtype=self.dtype, name='conv1')(x)
+    y = conv.conv(self.features, 1, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv.Conv(self.features, 3, self.stride, dtype=self.dtype, name='conv2')(y)
+    y = conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
+                  name='conv2')(y)
     y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
-    y = conv.Conv(self.features * 4, 1, 1, dtype=self.dtype, name='conv3')(y)
+    y = conv.conv(self.features * 4, 1, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
+                  name='conv3')(y)
     y = _batch_norm(train, self.dtype, 'bn3')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -63,7 +68,8 @@ def _shortcut(block: nn.Module, x, train: bool):
   out_features = block.features * block.expansion
   if block.stride == 1 and x.shape[-1] == out_features:
     return x
-  y = conv.Conv(out_features, 1, block.stride, dtype=block.dtype, name='downsample_conv')(x)
+  y = conv.conv(out_features, 1, block.stride, cpu_tuning=block.cpu_tuning, dtype=block.dtype,
+                name='downsample_conv')(x)
   return _batch_norm(train, block.dtype, 'downsample_bn')(y)
 
 
@@ -77,6 +83,7 @@ class ResNet(nn.Module):
       'logits' (B, num_classes) through the `fc` head.
     num_classes: head width when output == 'logits'.
     small_stem: 3x3 stride-1 stem without max-pool, for 28-64 px inputs (overall stride 8, not 32).
+    cpu_tuning: models/conv.py's XLA:CPU forms of the convolutions and max-pool.
   """
   stage_sizes: Sequence[int]
   block_cls: Any
@@ -85,6 +92,7 @@ class ResNet(nn.Module):
   small_stem: bool = False
   width: int = 64  # Stem / first-stage channels; torchvision's 64. Tests shrink it.
   dtype: Any = jnp.float32
+  cpu_tuning: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -92,16 +100,17 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet.output must be 'map', 'pooled' or 'logits', got {self.output!r}")
     x = x.astype(self.dtype)
     if self.small_stem:
-      x = conv.Conv(self.width, 3, 1, dtype=self.dtype, name='conv1')(x)
+      x = conv.conv(self.width, 3, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     else:
-      x = conv.Conv(self.width, 7, 2, dtype=self.dtype, name='conv1')(x)
+      x = conv.conv(self.width, 7, 2, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
-      x = conv.max_pool_3x3_s2(x)
+      x = conv.max_pool_3x3_s2(x, self.cpu_tuning)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(self.width * 2**i, stride, self.dtype, name=f'layer{i + 1}_{j}')(x, train)
+        x = self.block_cls(self.width * 2**i, stride, self.dtype, self.cpu_tuning,
+                           name=f'layer{i + 1}_{j}')(x, train)
     if self.output == 'map':
       return x
     x = jnp.mean(x, axis=(1, 2))

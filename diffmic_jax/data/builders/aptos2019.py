@@ -1,6 +1,6 @@
 """APTOS 2019 Blindness Detection: resolve DiffMIC's split and the duplicate-aware split.
 
-The manual directory is either our 224 px copy (`labels.csv` with `image_id,file,label`) or the
+The manual directory is either a prepared copy (`labels.csv` with `image_id,file,label`) or the
 Kaggle download (`train.csv` with `id_code,diagnosis` and `train_images/<id_code>.png`), or any
 folder of `<id_code>.{png,jpg}` next to such a `train.csv`. Labels come from the manual directory
 (Kaggle's ground truth); the packaged lists only say which id goes where.

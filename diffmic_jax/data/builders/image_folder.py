@@ -3,8 +3,8 @@
 The manual directory holds `labels.csv` with columns `file,label` and optionally `split`
 (train | validation | val | test) and `group` (e.g. patient id). `file` is relative to the
 folder. Without a `split` column the images are split 70/15/15 by group (by image without a
-`group` column), deterministically. Labels are integers in [0, K); K is `data.num_classes`, or
-the largest label + 1 when that is -1.
+`group` column), deterministically. Labels are integers in [0, K); K is the config's
+`num_classes`, or the largest label + 1 when that is None.
 """
 
 import os
@@ -12,7 +12,7 @@ import os
 from diffmic_jax.data.examples import DataError, Example, Splits, group_split, parse_label
 from diffmic_jax.data.examples import read_csv
 
-NUM_CLASSES = None  # The data decide (or data.num_classes).
+NUM_CLASSES = None  # The labels decide (or the config's num_classes).
 CLASS_NAMES = None
 SCHEMES = ('default',)
 CSV_NAME = 'labels.csv'

@@ -1,6 +1,6 @@
 """ISIC 2018 Task 3 / HAM10000: DiffMIC's split, a lesion-grouped split, the official test set.
 
-The manual directory is either our 224 px copy (`labels.csv` with `image_id,file,label,lesion_id`
+The manual directory is either a prepared copy (`labels.csv` with `image_id,file,label,lesion_id`
 and optionally `diffmic_split`) or the original HAM10000 download (`HAM10000_metadata.csv` with
 `lesion_id,image_id,dx` and the `<image_id>.jpg` files anywhere below the folder).
 Class order is DiffMIC's: MEL, NV, BCC, AKIEC, BKL, DF, VASC.

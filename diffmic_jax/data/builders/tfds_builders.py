@@ -12,16 +12,19 @@ a custom config of the same shape (TFDS refuses a custom config named like a lis
 builder swaps a copy for the listed object). From the command line, without TensorFlow:
 
     python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
-        --manual_dir=../shared/data/aptos2019_224 --data_dir=~/tensorflow_datasets
+        --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 (see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
-not change the dataset's identity (skipping bad examples, image_folder's K) is a builder
-argument, not a config field. The default file format is array_record, the only one written
-without TensorFlow and the one grain reads. TFDS writes into an `incomplete.*` folder and renames
-it only when every split is written, so a failed build leaves nothing a later read would pick up.
+not change the dataset's identity (skipping bad examples, the K labels are checked against) is a
+builder argument, not a config field. Every build writes `source.json` (`source.py`) next to its
+`dataset_info.json`, inside TFDS's temporary folder, so a build never appears without it. The
+default file format is array_record, the only one written without TensorFlow and the one grain
+reads. TFDS writes into an `incomplete.*` folder and renames it only when every split is written,
+so a failed build leaves nothing a later read would pick up.
 """
 
 import dataclasses
+import os
 
 from absl import logging
 from etils import epath
@@ -29,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from diffmic_jax.data import builders as resolvers
+from diffmic_jax.data import source
 from diffmic_jax.data.examples import DataError, Splits, check_splits, package_file
 from diffmic_jax.data.preprocess import encode_example
 
@@ -83,21 +87,25 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # (and there is no checksums file to find): name it directly.
   code_path = epath.Path(__file__)
 
-  def __init__(self, *, resolved: Splits | None = None, num_classes: int = -1,
-               skip_bad: bool = False, **kwargs):
+  def __init__(self, *, resolved: Splits | None = None, manual_path: str | None = None,
+               num_classes: int = -1, skip_bad: bool = False, **kwargs):
     """Takes TFDS's arguments plus build options that leave the dataset's identity alone.
 
     Args:
       resolved: Splits already resolved and checked by `prepare` (None: resolve here).
-      num_classes: K for the label check when > 0 (image_folder's `data.num_classes`); else the
+      manual_path: The manual directory (or MedMNIST file) `resolved` came from; None: TFDS's.
+      num_classes: K for the label check when > 0 (the config's `num_classes`); else the
         config's K, else the largest label + 1.
       skip_bad: Skip bad examples (listed in `skipped`) instead of failing.
       **kwargs: `tfds.core.DatasetBuilder` arguments; `file_format` defaults to array_record.
     """
     self.resolved = resolved
+    self.manual_path = manual_path
     self.num_classes = num_classes
     self.skip_bad = skip_bad
     self.skipped: list[str] = []
+    self.source: dict | None = None
+    self._max_examples: int | None = None
     config = kwargs.get('config')
     if isinstance(config, tfds.core.BuilderConfig):
       # TFDS refuses a copy of a listed config (a `config.data`'s, or one unpickled in a grain
@@ -127,19 +135,34 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         supervised_keys=('image', 'label'),
     )
 
-  def _resolve(self, manual_dir: str) -> Splits:
+  def _known_k(self) -> int:
     cfg, module = self.builder_config, resolvers.RESOLVERS[self.RESOLVER_NAME]
-    k = next((k for k in (self.num_classes, cfg.num_classes, module.NUM_CLASSES or -1) if k > 0),
-             -1)
-    splits = module.resolve(manual_dir, cfg.scheme, k)
+    return next((k for k in (self.num_classes, cfg.num_classes, module.NUM_CLASSES or -1)
+                 if k > 0), -1)
+
+  def _resolve(self, manual_dir: str) -> Splits:
+    k = self._known_k()
+    splits = resolvers.RESOLVERS[self.RESOLVER_NAME].resolve(manual_dir, self.builder_config.scheme,
+                                                             k)
     k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
     return check_splits(splits, k, skip_bad=self.skip_bad, skipped=self.skipped)
 
   def _manual_dir(self, dl_manager) -> str:
-    return str(dl_manager.manual_dir)
+    return self.manual_path or str(dl_manager.manual_dir)
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self._max_examples = download_config.max_examples_per_split
+    super()._download_and_prepare(dl_manager, download_config)
+    if self.source is not None:  # Into TFDS's temporary folder: renamed with the build.
+      source.write(epath.Path(self.data_dir), self.source)
 
   def _split_generators(self, dl_manager):
-    splits = self.resolved or self._resolve(self._manual_dir(dl_manager))
+    manual_dir = os.path.abspath(self._manual_dir(dl_manager))
+    splits = self.resolved or self._resolve(manual_dir)
+    k = self.builder_config.num_classes  # The dataset's K, else its labels'; not the checked K.
+    k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
+    self.source = source.record(manual_dir, splits, k, {
+        'skip_bad_examples': self.skip_bad, 'max_examples_per_split': self._max_examples})
     return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
   def _generate_examples(self, examples):

@@ -1,0 +1,23 @@
+"""One tiny real training run in-process, both stages, validation and the final test report: the
+fast tier's end-to-end check (the slow tier runs main as a user does, kills and resumes it)."""
+
+import json
+
+from configs import demo
+from diffmic_jax import data, train
+
+
+def test_train_and_evaluate_runs_both_stages_and_reports(tmp_path):
+  config = demo.get_config('smoke')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.train.steps_per_epoch = 2
+  data.prepare(config.data)
+  results = train.train_and_evaluate(config, str(tmp_path / 'work'))
+
+  report = results['test']
+  assert report['n'] == 400 and 0.0 <= report['diffusion']['accuracy'] <= 1.0
+  rows = [json.loads(line) for line in (tmp_path / 'work' / 'metrics.jsonl').read_text().splitlines()]
+  assert sorted({r['step'] for r in rows if 'train/dcg_ce' in r}) == [1, 2, 3, 4]
+  assert any('train/loss' in r for r in rows)  # stage 2 ran
+  assert [r['step'] for r in rows if 'val/dcg_accuracy' in r] == [2, 4]
+  assert json.loads((tmp_path / 'work' / 'reports' / 'test.json').read_text())['n'] == 400
