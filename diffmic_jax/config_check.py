@@ -103,6 +103,7 @@ RULES = {
     'diffusion.beta_end': lambda v: (_number(v) and 0 < v < 1, 'a number in (0, 1)'),
     'loss.mmd_weight': non_negative_number,
     'loss.ce_weight': non_negative_number,
+    'loss.eps_ce_weight': non_negative_number,
     'train.batch_size': positive,
     'train.dcg_pretrain_epochs': non_negative,
     'train.epochs': non_negative,
