@@ -57,7 +57,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Reference figures for the official PyTorch code on a 2-core CPU (the same as in train_speed.py /
 # sampling_speed.py); this script's own run is compared against them.
-ISSUE_FIGURES = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'test_chain_60_s_per_batch': 66.8,
+REFERENCE_FIGURES = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'test_chain_60_s_per_batch': 66.8,
                  'joint_peak_gb': 10.1}
 
 
@@ -310,16 +310,16 @@ def table(r: dict) -> str:
   for setting, ph in r['runs'].items():
     lines.append(f'[{setting}]')
     lines.append(f"{'phase':24s} {'first s':>8s} {'s/iter':>8s} {'img/s':>7s} {'peak GB':>8s} "
-                 f"{'issue s':>8s} {'ratio':>6s}")
-    for name, label, ref in [('dcg_pretrain', 'DCG pre-training iter', ISSUE_FIGURES['dcg_pretrain_s']),
-                             ('joint', 'joint iter', ISSUE_FIGURES['joint_s']),
+                 f"{'ref s':>8s} {'ratio':>6s}")
+    for name, label, ref in [('dcg_pretrain', 'DCG pre-training iter', REFERENCE_FIGURES['dcg_pretrain_s']),
+                             ('joint', 'joint iter', REFERENCE_FIGURES['joint_s']),
                              ('test_chain_60', '60-step chain (batch)',
-                              ISSUE_FIGURES['test_chain_60_s_per_batch'])]:
+                              REFERENCE_FIGURES['test_chain_60_s_per_batch'])]:
       m = ph[name]
       lines.append(f"{label:24s} {m['first_s']:8.2f} {m['step_s']:8.2f} {m['img_s']:7.2f} "
                    f"{m['peak_memory_gb']:8.2f} {ref:8.1f} {m['step_s'] / ref:5.2f}x")
-  lines.append(f"peak memory: {r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}); issue "
-               f"{ISSUE_FIGURES['joint_peak_gb']} GB (CPU). 'ratio' = ours / issue figure (CPU figures).")
+  lines.append(f"peak memory: {r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']}); reference "
+               f"{REFERENCE_FIGURES['joint_peak_gb']} GB (CPU). 'ratio' = measured / reference (CPU figures).")
   return '\n'.join(lines)
 
 
@@ -353,7 +353,7 @@ def main(argv):
          'official_repo': 'github scott-yjyang/DiffMIC',
          'official_commit': git_head.read_text().strip() if git_head.is_file() else None,
          'official_files_imported': imported, 'stubs': stubs,
-         'issue_figures_cpu': ISSUE_FIGURES, 'load_avg_1m_start': os.getloadavg()[0],
+         'reference_figures_cpu': REFERENCE_FIGURES, 'load_avg_1m_start': os.getloadavg()[0],
          'cpu_count': os.cpu_count()}
   log(f"official DiffMIC, batch {args.batch}, 224 px, {res['device_name']} ({args.device}"
       f"{', %d threads' % res['threads'] if res['threads'] else ''}), torch {torch.__version__}")

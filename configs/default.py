@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- model ----
   c.model = ml_collections.ConfigDict()
   c.model.dcg_backbone = 'resnet50'  # Official DCG: two ImageNet ResNet50s (global, local).
-  c.model.eps_backbone = 'resnet18'  # Official epsilon-network encoder: ResNet18, from scratch.
+  c.model.eps_backbone = 'resnet18'  # Official epsilon-network encoder: ResNet18, random init.
   c.model.small_stem = False  # 3x3 stride-1 stem, no max-pool: for 28-64 px inputs.
   c.model.width = 64  # ResNet base width (torchvision: 64). Smaller only for smoke tests.
   c.model.num_rois = 6  # k: image tiles the local stream looks at.

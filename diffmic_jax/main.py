@@ -20,7 +20,6 @@ before anything is written; `--debug` shows its traceback.
 """
 
 import json
-import sys
 
 from absl import app, flags, logging
 from etils import epath

@@ -13,17 +13,15 @@ once, at the end, from that checkpoint.
 
 import dataclasses
 import functools
-import os
 import sys
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 from diffmic_jax import (checkpoint, data, host_memory, parallel, preemption, pretrained, progress,
-                         report, train_state)
+                         train_state)
 from diffmic_jax.errors import UserError
 from diffmic_jax.evaluate import Validator, evaluate_splits
 from diffmic_jax.metric_writer import MetricWriter

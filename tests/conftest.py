@@ -2,7 +2,7 @@
 
 `python -m pytest tests` runs the fast tier; `--slow` adds the tests marked `slow` (subprocess
 training jobs and anything over ~20 s); CI runs both. XLA_FLAGS must be set before JAX starts, so
-it happens here, at import time of the test session. grain worker processes read absl flags, which
+it happens here, at import time of the test run. grain worker processes read absl flags, which
 must count as parsed outside `absl.app.run`.
 """
 
@@ -61,7 +61,7 @@ def data_root() -> pathlib.Path:
 def gcs(tmp_path_factory):
   """A local GCS server (tests/gcs_emulator.py) that gcsfs and TensorStore talk to.
 
-  One per session: epath caches its gcsfs file system, whose listing cache would outlive a
+  One per test run: epath caches its gcsfs file system, whose listing cache would outlive a
   server. Yields the environment a subprocess needs to reach it too.
   """
   # Looked up, not imported: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (set below) at import.

@@ -4,7 +4,6 @@ evaluate and predict from the checkpoint, and refuse a checkpoint of another mod
 
 import collections
 import json
-import os
 import pathlib
 import re
 import signal
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import subprocesses
 from configs import demo
 from diffmic_jax import checkpoint, evaluate
 
@@ -24,14 +24,6 @@ TOTAL = 12  # 3 steps per epoch: 1 epoch of stage 1, 3 of stage 2.
 TIMEOUT_S = 900
 
 pytestmark = pytest.mark.slow  # Six training jobs.
-
-
-def _env(cache):
-  # One compilation cache for the module: the later runs reuse the first one's programs.
-  return {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-          'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
 def _rows(workdir):
@@ -53,7 +45,8 @@ def _run(workdir, flags, cache, log, signal_at=None):
   cmd = [sys.executable, '-m', 'diffmic_jax.main', f'--workdir={workdir}', *ARGS, *flags]
   started = time.time()
   with open(log, 'w') as err:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=err, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocesses.cpu_env(8, cache), stdout=err,
+                            stderr=subprocess.STDOUT)
   try:
     deadline = time.monotonic() + TIMEOUT_S
     while signal_at and proc.poll() is None and time.monotonic() < deadline:

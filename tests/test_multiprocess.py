@@ -17,10 +17,8 @@ group is SIGKILLed (a process stuck in a collective ignores SIGTERM).
 """
 
 import json
-import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ import numpy as np
 import portpicker
 import pytest
 
+import subprocesses
 from configs import demo
 from diffmic_jax import evaluate
 
@@ -40,32 +39,18 @@ SMOKE = ['--config=configs/demo.py:smoke']
 DEADLINE_S = 300  # Per job: room for cold compilation on a small, loaded CPU host.
 
 
-def _env(devices: int, cache: pathlib.Path) -> dict:
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-          'JAX_COMPILATION_CACHE_DIR': str(cache),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-
-
 def _run_job(cmds: list[list[str]], env: dict, logs: list[pathlib.Path]) -> None:
   """Starts every command at once; all must exit 0 within DEADLINE_S, else all are killed."""
   procs = []
   try:
-    for cmd, log in zip(cmds, logs):
-      with open(log, 'w') as f:
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+    procs = [subprocesses.start(cmd, env, log) for cmd, log in zip(cmds, logs)]
     deadline = time.monotonic() + DEADLINE_S
     for p in procs:
       p.wait(timeout=max(1, deadline - time.monotonic()))
   except subprocess.TimeoutExpired:
     pass
   finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    subprocesses.kill_survivors(procs)
   for p, log in zip(procs, logs):
     assert p.returncode == 0, f'{log.name}: exit {p.returncode}\n' + log.read_text()[-4000:]
 
@@ -76,7 +61,7 @@ def _two_processes(workdir, data_dir, cache, *extra):
            f'--config.data.data_dir={data_dir}', f'--coordinator_address=127.0.0.1:{port}',
            '--num_processes=2', f'--process_id={i}', *extra] for i in range(2)]
   mode = next((a.split('=')[1] for a in extra if a.startswith('--mode=')), 'train')
-  _run_job(cmds, _env(1, cache), [workdir.parent / f'{workdir.name}_{mode}_{i}.log' for i in range(2)])
+  _run_job(cmds, subprocesses.cpu_env(1, cache), [workdir.parent / f'{workdir.name}_{mode}_{i}.log' for i in range(2)])
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +73,7 @@ def runs(tmp_path_factory):
   train_report = json.loads((two / 'reports' / 'test.json').read_text())
   _run_job([[sys.executable, str(REPO / 'tests' / 'one_process_as_many.py'), '--processes=2',
              f'--workdir={one}', *SMOKE, f'--config.data.data_dir={data_dir}']],
-           _env(2, cache), [base / 'one.log'])
+           subprocesses.cpu_env(2, cache), [base / 'one.log'])
   _two_processes(two, data_dir, cache, '--mode=evaluate', '--checkpoint=best')
   print(f'multiprocess jobs: {time.monotonic() - start:.0f} s')
   return {'two': two, 'one': one, 'base': base, 'data_dir': data_dir,

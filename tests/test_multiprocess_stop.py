@@ -9,8 +9,6 @@ each leading its own process group, SIGKILLed as a group if it outlives the dead
 
 import collections
 import json
-import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -19,7 +17,8 @@ import time
 import portpicker
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import subprocesses
+
 DEADLINE_S = 600
 
 pytestmark = pytest.mark.slow  # Two two-process training jobs.
@@ -35,11 +34,7 @@ def _job(workdir, data_dir, cache, log_name, signal_after_step=None):
   """Starts both processes; with `signal_after_step`, SIGTERMs process 1 alone once process 0
   has logged that step. Returns the exit codes and the logs."""
   port = portpicker.pick_unused_port()
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-         'JAX_COMPILATION_CACHE_DIR': str(cache),
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  env = subprocesses.cpu_env(1, cache)
   logs = [workdir.parent / f'{log_name}_{i}.log' for i in range(2)]
   procs, started = [], time.time()
   try:
@@ -48,9 +43,7 @@ def _job(workdir, data_dir, cache, log_name, signal_after_step=None):
              '--config=configs/demo.py:smoke', '--config.train.epochs=3',
              f'--config.data.data_dir={data_dir}', f'--coordinator_address=127.0.0.1:{port}',
              '--num_processes=2', f'--process_id={i}']
-      with open(log, 'w') as f:
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+      procs.append(subprocesses.start(cmd, env, log))
     deadline = time.monotonic() + DEADLINE_S
     while signal_after_step and procs[1].poll() is None and time.monotonic() < deadline:
       if any(r['step'] >= signal_after_step and r['time'] >= started for r in _rows(workdir)):
@@ -62,10 +55,7 @@ def _job(workdir, data_dir, cache, log_name, signal_after_step=None):
   except subprocess.TimeoutExpired:
     pass
   finally:
-    for p in procs:
-      if p.poll() is None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    subprocesses.kill_survivors(procs)
   return [p.returncode for p in procs], [log.read_text() for log in logs]
 
 
