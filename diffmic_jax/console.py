@@ -18,7 +18,8 @@ from diffmic_jax import errors, host_memory
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _NOISE = ('Unable to initialize backend', 'Using custom data configuration',
-          'Waiting for previous save to complete')
+          'Waiting for previous save to complete',
+          'Given directory is read only')  # Orbax, on every restore for evaluation.
 
 
 class _OwnRecordsOnly(std_logging.Filter):

@@ -94,12 +94,20 @@ class StageBar:
     left = sum(v > step for v in self._validations)
     return self.clock.remaining_s(self.stop - step, left)
 
+  def eta_text(self, step: int) -> str:
+    """The estimate as shown: '>M:SS' (the steps alone) while the validations are not timed."""
+    if (eta := self.eta(step)) is not None:
+      return format_seconds(eta)
+    if (s := self.clock.step_s) is not None:
+      return '>' + format_seconds((self.stop - step) * s)
+    return '?'
+
   def update(self, step: int, scalars: dict | None = None) -> None:
     """Global step `step` is done; `scalars` (if any) replace the losses shown."""
     self.clock.step_done()
     if scalars:
       self._scalars = {k: f'{float(v):.4f}' for k, v in scalars.items()}
-    parts = [f'eta {format_seconds(self.eta(step))}']
+    parts = [f'eta {self.eta_text(step)}']
     if (s := self.clock.step_s) is not None:
       parts.append(f'{s:.2f}s/step')
     parts += [f'{k}={v}' for k, v in self._scalars.items()]

@@ -275,7 +275,8 @@ def _validate(run: _Run, step: int) -> None:
   scores = run.validator(run.state, joint=step > run.pre_steps)
   _release(run)
   run.writer.write(step, scores, prefix='val/')
-  logging.info('step %d validation (%s): %s', step, run.config.data.val_split, scores)
+  logging.info('step %d validation (%s): %s', step, run.config.data.val_split,
+               ', '.join(f'{k} {float(v):.3f}' for k, v in scores.items()))
   metric = run.config.train.select_metric
   key = metric if step > run.pre_steps else f'dcg_{metric}'
   if step > run.pre_steps and (run.best['step'] is None or run.best['step'] <= run.pre_steps):
@@ -322,7 +323,11 @@ def _final_evaluation(run: _Run) -> dict:
   """
   run.ckpt.wait()
   run.writer.close()
-  logging.info('training done; best validation %s', run.best)
+  if run.best['step'] is None:
+    logging.info('training done; no validation ran')
+  else:
+    logging.info('training done; best validation %s %.3f at step %d', run.best['metric'],
+                 run.best['score'], run.best['step'])
   config, state, run.state = run.config, run.state, None
   if (best_step := run.ckpt.latest_step(best=True)) is not None:
     target = checkpoint.abstract_like(state)

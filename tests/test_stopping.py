@@ -87,6 +87,7 @@ def test_stage_bar_estimates_each_stage_apart():
     bar.update(step)
   assert bar.clock.step_s == pytest.approx(4.0)  # steps 13 and 14: 11 compiled, 12 waited
   assert bar.eta(14) is None  # its validations are not timed yet
+  assert bar.eta_text(14) == '>0:24'  # a lower bound meanwhile: 6 steps of 4 s
   with bar.clock.paused(validation=True):
     clock.now += 3.0
   assert bar.eta(15) == pytest.approx(5 * 4.0 + 1 * 3.0)

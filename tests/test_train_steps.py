@@ -1,5 +1,7 @@
 """The jitted training steps: which gradients flow where, and the encoder-once shortcut."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,14 +168,17 @@ def _loss_and_grads(models, state, batch, key):
   return metrics, stats, _flat(grads)
 
 
-def test_official_ce_term_sends_no_gradient_to_the_epsilon_network(setup):
-  """Officially eps_theta is detached in y_0_reparam: the same gradient with the term or without."""
-  import dataclasses
+def _without_and_with(setup, **loss):
+  """(metrics, batch stats, gradients) of one diffusion loss without and with the loss fields set."""
   _, models, state, batch = setup
   key = jax.random.key(10)
-  off, off_stats, off_grads = _loss_and_grads(models, state, batch, key)
-  on, on_stats, on_grads = _loss_and_grads(dataclasses.replace(models, ce_weight=0.01), state,
-                                           batch, key)
+  return (_loss_and_grads(models, state, batch, key),
+          _loss_and_grads(dataclasses.replace(models, **loss), state, batch, key))
+
+
+def test_official_ce_term_sends_no_gradient_to_the_epsilon_network(setup):
+  """Officially eps_theta is detached in y_0_reparam: the same gradient with the term or without."""
+  (off, off_stats, off_grads), (on, on_stats, on_grads) = _without_and_with(setup, ce_weight=0.01)
   for k in off_grads:
     np.testing.assert_array_equal(on_grads[k], off_grads[k], err_msg=k)
   np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
@@ -187,12 +192,7 @@ def test_official_ce_term_sends_no_gradient_to_the_epsilon_network(setup):
 
 
 def test_eps_ce_weight_back_propagates_the_term(setup):
-  import dataclasses
-  _, models, state, batch = setup
-  key = jax.random.key(10)
-  off, off_stats, off_grads = _loss_and_grads(models, state, batch, key)
-  on, on_stats, on_grads = _loss_and_grads(dataclasses.replace(models, eps_ce_weight=0.01), state,
-                                           batch, key)
+  (off, off_stats, off_grads), (on, on_stats, on_grads) = _without_and_with(setup, eps_ce_weight=0.01)
   np.testing.assert_allclose(on['loss'], off['loss'] + 0.01 * on['y0_ce'], rtol=1e-5)
   assert any(np.any(np.asarray(on_grads[k]) != np.asarray(off_grads[k])) for k in off_grads)
   for k, v in _flat(off_stats).items():
