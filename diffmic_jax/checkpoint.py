@@ -58,7 +58,8 @@ def _manager(directory: str, max_to_keep: int, name: str,
   return ocp.CheckpointManager(
       directory, item_names=('state', 'data', 'meta'),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+          max_to_keep=None if read_only else max_to_keep, create=not read_only,
+          read_only=read_only, save_interval_steps=0 if read_only else 1,
           multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)))
 
 

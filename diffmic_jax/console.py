@@ -60,18 +60,26 @@ def quiet_library_output():
     yield
 
 
-def announce(config, workdir: str, mode: str, config_file: str) -> None:
+def announce(config, workdir: str, mode: str, config_source: str, input_path: str | None = None,
+             output_dir: str | None = None) -> None:
   """Says what runs, on what, and where it reads and writes."""
   import jax
   if jax.process_index() != 0:
     return
   devices = f'{jax.device_count()} {jax.default_backend()} device(s), {jax.process_count()} process(es)'
   d = config.data
-  logging.info('diffmic-jax %s: %s on %s', mode, config_file, devices)
-  logging.info('data: %s/%s from %s, built into %s', d.name, d.builder_config,
-               d.manual_dir or 'the built-in source', d.data_dir)
-  logging.info('writes to %s (config_%s.json there holds the full config; -v 1 prints it)',
-               workdir, mode)
+  logging.info('diffmic-jax %s: %s on %s', mode, config_source, devices)
+  if input_path:
+    logging.info('input: %s (image files; no dataset is built)', input_path)
+  else:
+    logging.info('data: %s/%s from %s, built into %s', d.name, d.builder_config,
+                 d.manual_dir or 'the built-in source', d.data_dir)
+  if mode in ('prepare', 'train'):
+    logging.info('writes to %s (config_%s.json there holds the full config; -v 1 prints it)',
+                 workdir, mode)
+  else:
+    logging.info('writes to a new folder under %s/%s/ (its config.json holds the full config)',
+                 output_dir or workdir, 'eval' if mode == 'evaluate' else 'predict')
   if config.cpu_tuning:
     if jax.default_backend() == 'cpu':
       logging.info('CPU tuning on: glibc keeps freed memory (%s), CPU forms of the convolutions',

@@ -57,8 +57,10 @@ def main(argv):
   if mode != 'predict' and (FLAGS.input or FLAGS.split):
     raise errors.UserError('--input and --split are for --mode=predict')
   from diffmic_jax import config_check, run_config  # Imports JAX: after the flags are parsed.
-  if run_config.is_saved_config(config_flags.get_config_filename(FLAGS['config'])):
+  config_source = config_flags.get_config_filename(FLAGS['config'])
+  if run_config.is_saved_config(config_source):
     run_config.check_overrides(config_flags.get_override_values(FLAGS['config']))
+    config_source = f'the config saved in {workdir}'
   config_check.validate(config)
   config_check.check_files(config)
   if config.cpu_tuning and host_memory.cpu_only_host():
@@ -74,7 +76,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if mode == 'train':
     checkpoint.check_workdir(config, workdir)  # A refused resume writes nothing.
-  console.announce(config, workdir, mode, config_flags.get_config_filename(FLAGS['config']))
+  console.announce(config, workdir, mode, config_source, FLAGS.input if mode == 'predict' else None,
+                   FLAGS.output_dir)
   from_files = mode == 'predict' and FLAGS.input is not None
   if not from_files:
     if jax.process_index() == 0:
