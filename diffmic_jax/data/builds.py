@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from diffmic_jax.data import dataset, source, staging
 from diffmic_jax.data.builders import RESOLVERS
 from diffmic_jax.data.dataset import builder_config_of, manual_dir_of
-from diffmic_jax.data.examples import DataError, check_splits
+from diffmic_jax.data.examples import DataError, check_splits, class_count
 
 
 def _check_k(data_cfg, num_classes: int | None) -> int:
@@ -71,15 +71,13 @@ def _resolve(data_cfg, manual_dir: str, skipped: list[str] | None, num_classes: 
   k = _check_k(data_cfg, num_classes)
   name = 'medmnist' if data_cfg.name == 'demo' else data_cfg.name
   splits = RESOLVERS[name].resolve(manual_dir, cfg.scheme, k)
-  k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
-  return check_splits(splits, k, skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
+  return check_splits(splits, class_count(splits, k), skip_bad=bool(data_cfg.get('skip_bad_examples', False)),
                       skipped=skipped)
 
 
 def _record_of(data_cfg, manual_dir: str, splits) -> dict:
   """The source record a build of these splits would store (see `source.py`)."""
-  k = builder_config_of(data_cfg).num_classes
-  k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
+  k = class_count(splits, builder_config_of(data_cfg).num_classes)
   return source.record(manual_dir, splits, k, {
       'skip_bad_examples': bool(data_cfg.get('skip_bad_examples', False)),
       'max_examples_per_split': None})
@@ -124,29 +122,31 @@ def prepare(data_cfg, num_classes: int | None = None) -> None:
     logging.warning('%s changed since it was built into %s (%s); rebuilding', manual_dir, folder,
                     why)
   dataset.forget(data_cfg)
-  _replace(data_cfg, sid, manual_dir, splits, skipped, current['digest'])
+  _replace(data_cfg, sid, manual_dir, splits, skipped, current)
   logging.info('Built %s into %s', source.summary(current), folder)
 
 
-def _replace(data_cfg, sid: str, manual_dir: str, splits, skipped, digest: str) -> None:
+def _replace(data_cfg, sid: str, manual_dir: str, splits, skipped, record: dict) -> None:
   """Builds under `<data_dir>/<sid>`, the old build removed; a remote one is built locally first."""
   url = dataset.data_dir_of(data_cfg)
   folder = epath.Path(url, sid, dataset.version_dir(data_cfg))
   if not staging.is_remote(url):
     shutil.rmtree(folder, ignore_errors=True)
-    _build(data_cfg, os.path.join(url, sid), manual_dir, splits, skipped)
+    _build(data_cfg, os.path.join(url, sid), manual_dir, splits, skipped, record)
     return
   local = os.path.join(staging.cache_dir(url), sid)
   shutil.rmtree(os.path.join(local, dataset.version_dir(data_cfg)), ignore_errors=True)
   if folder.exists():
     folder.rmtree()  # Shards of the old build would outlive a rebuild with fewer of them.
-  staging.upload(_build(data_cfg, local, manual_dir, splits, skipped), os.fspath(folder),
-                 stamp=digest)
+  staging.upload(_build(data_cfg, local, manual_dir, splits, skipped, record), os.fspath(folder),
+                 stamp=record['digest'])
 
 
-def _build(data_cfg, root: str, manual_dir: str, splits, skipped: list[str]) -> str:
-  """Builds the resolved `splits` under the local TFDS root `root`; returns the built folder."""
-  builder = dataset.builder_of(data_cfg, data_dir=root, resolved=splits, manual_path=manual_dir)
+def _build(data_cfg, root: str, manual_dir: str, splits, skipped: list[str], record: dict) -> str:
+  """Builds the resolved `splits` under the local TFDS root `root`, storing their source `record`;
+  returns the built folder."""
+  builder = dataset.builder_of(data_cfg, data_dir=root, resolved=splits, manual_path=manual_dir,
+                               source_record=record)
   builder.skipped = skipped
   logging.info('Building %s/%s into %s', data_cfg.name, builder.builder_config.name,
                builder.data_dir)

@@ -96,6 +96,11 @@ def split_list(path: str, id_column: str) -> list[tuple[str, int | None, str]]:
   return out
 
 
+def class_count(splits: Splits, known: int = -1) -> int:
+  """K: `known` when the dataset fixes it (> 0), else the largest label + 1."""
+  return known if known > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
+
+
 def check_splits(splits: Splits, num_classes: int, *, skip_bad: bool = False,
                  skipped: list[str] | None = None) -> Splits:
   """Checks labels, duplicate ids, missing files and empty splits.

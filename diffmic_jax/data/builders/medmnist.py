@@ -59,10 +59,3 @@ def resolve(manual_dir: str, scheme: str, num_classes: int = -1) -> Splits:
                                where=f'{path}:{part}_labels[{i}]', pixels=images[i])
                        for i in range(len(labels))]
   return splits
-
-
-def num_classes_of(scheme: str, splits: Splits) -> int:
-  """K for a MedMNIST file: the known count, else the largest label + 1."""
-  if scheme in KNOWN_CLASSES:
-    return KNOWN_CLASSES[scheme]
-  return 1 + max(ex.label for part in splits.values() for ex in part)

@@ -33,7 +33,7 @@ import tensorflow_datasets as tfds
 
 from diffmic_jax.data import builders as resolvers
 from diffmic_jax.data import source
-from diffmic_jax.data.examples import DataError, Splits, check_splits, package_file
+from diffmic_jax.data.examples import DataError, Splits, check_splits, class_count, package_file
 from diffmic_jax.data.preprocess import encode_example
 
 VERSION = '1.0.0'
@@ -88,12 +88,14 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   code_path = epath.Path(__file__)
 
   def __init__(self, *, resolved: Splits | None = None, manual_path: str | None = None,
-               num_classes: int = -1, skip_bad: bool = False, **kwargs):
+               source_record: dict | None = None, num_classes: int = -1, skip_bad: bool = False,
+               **kwargs):
     """Takes TFDS's arguments plus build options that leave the dataset's identity alone.
 
     Args:
       resolved: Splits already resolved and checked by `prepare` (None: resolve here).
       manual_path: The manual directory (or MedMNIST file) `resolved` came from; None: TFDS's.
+      source_record: The source record of `resolved` that `prepare` compared (None: made here).
       num_classes: K for the label check when > 0 (the config's `num_classes`); else the
         config's K, else the largest label + 1.
       skip_bad: Skip bad examples (listed in `skipped`) instead of failing.
@@ -104,7 +106,7 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.num_classes = num_classes
     self.skip_bad = skip_bad
     self.skipped: list[str] = []
-    self.source: dict | None = None
+    self.source = source_record
     self._max_examples: int | None = None
     config = kwargs.get('config')
     if isinstance(config, tfds.core.BuilderConfig):
@@ -144,8 +146,8 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     k = self._known_k()
     splits = resolvers.RESOLVERS[self.RESOLVER_NAME].resolve(manual_dir, self.builder_config.scheme,
                                                              k)
-    k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
-    return check_splits(splits, k, skip_bad=self.skip_bad, skipped=self.skipped)
+    return check_splits(splits, class_count(splits, k), skip_bad=self.skip_bad,
+                        skipped=self.skipped)
 
   def _manual_dir(self, dl_manager) -> str:
     return self.manual_path or str(dl_manager.manual_dir)
@@ -159,10 +161,10 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual_dir = os.path.abspath(self._manual_dir(dl_manager))
     splits = self.resolved or self._resolve(manual_dir)
-    k = self.builder_config.num_classes  # The dataset's K, else its labels'; not the checked K.
-    k = k if k > 0 else 1 + max(ex.label for part in splits.values() for ex in part)
-    self.source = source.record(manual_dir, splits, k, {
-        'skip_bad_examples': self.skip_bad, 'max_examples_per_split': self._max_examples})
+    if self.source is None:
+      k = class_count(splits, self.builder_config.num_classes)  # Not the K labels were checked by.
+      options = {'skip_bad_examples': self.skip_bad, 'max_examples_per_split': self._max_examples}
+      self.source = source.record(manual_dir, splits, k, options)
     return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
   def _generate_examples(self, examples):
