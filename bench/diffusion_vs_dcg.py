@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffmic_jax import data, evaluate, metrics, parallel, sampling, train_state  # noqa: E402
+from diffmic_jax import data, evaluate, metrics, parallel, train_state  # noqa: E402
 from diffmic_jax.data.normalize import normalize  # noqa: E402
 from diffmic_jax.models import EpsilonNet, priors as dcg_priors  # noqa: E402
 
@@ -46,16 +46,11 @@ def make_predict_fn(models, spec: evaluate.SamplerSpec):
   """
   def predict(dcg_vars, eps_vars, images, key, encoder_images=None):
     x = normalize(images)
-    y_hat, y_hat_g, y_hat_l = dcg_priors(models.dcg.apply(dcg_vars, x, train=False))
-    cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
+    priors = dcg_priors(models.dcg.apply(dcg_vars, x, train=False))
     x_enc = x if encoder_images is None else normalize(encoder_images)
     feats = models.eps.apply(eps_vars, x_enc, False, method=EpsilonNet.encode)
-    head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
-                                                  method=EpsilonNet.head)
-    probs = sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key,
-                                  method=spec.method, num_steps=spec.num_steps,
-                                  num_samples=spec.num_samples)
-    return {'dcg_prob': y_hat, 'sample_probs': probs}
+    probs = evaluate.sample_from_features(models, spec, eps_vars, feats, priors, key)
+    return {'dcg_prob': priors[0], 'sample_probs': probs}
 
   return jax.jit(predict)
 

@@ -49,6 +49,17 @@ def uses_ema(config) -> bool:
   return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
 
 
+def sample_from_features(models: Models, spec: SamplerSpec, eps_vars, feats, priors, key):
+  """The diffusion's (M, B, K) sampled probabilities, from the epsilon network's encoder features
+  and the DCG's priors (y_hat, y_hat_g, y_hat_l): the reverse chain runs only the head."""
+  y_hat, y_hat_g, y_hat_l = priors
+  cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
+  head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
+                                                method=EpsilonNet.head)
+  return sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key, method=spec.method,
+                               num_steps=spec.num_steps, num_samples=spec.num_samples)
+
+
 def make_predict_fn(models: Models, spec: SamplerSpec):
   """jit(fn(dcg_vars, eps_vars, images uint8, key) -> outputs dict)."""
   if spec.method not in sampling.METHODS:
@@ -57,15 +68,10 @@ def make_predict_fn(models: Models, spec: SamplerSpec):
   def predict(dcg_vars, eps_vars, images, key):
     x = normalize(images)
     out = models.dcg.apply(dcg_vars, x, train=False)
-    y_hat, y_hat_g, y_hat_l = dcg_priors(out)
-    cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
+    priors = dcg_priors(out)
     feats = models.eps.apply(eps_vars, x, False, method=EpsilonNet.encode)
-    head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
-                                                  method=EpsilonNet.head)
-    probs = sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key,
-                                  method=spec.method, num_steps=spec.num_steps,
-                                  num_samples=spec.num_samples)
-    return {'dcg_prob': y_hat, 'sample_probs': probs, 'saliency': out['saliency'],
+    probs = sample_from_features(models, spec, eps_vars, feats, priors, key)
+    return {'dcg_prob': priors[0], 'sample_probs': probs, 'saliency': out['saliency'],
             'roi_boxes': out['roi_boxes'], 'attention': out['attention']}
 
   return jax.jit(predict)
@@ -138,7 +144,7 @@ class Validator:
   def __init__(self, config, models, mesh):
     e = config.eval
     self.config, self.mesh = config, mesh
-    # '' / -1: the test chain itself, so the checkpoint is chosen by the metric that is reported.
+    # Unset (None): the test chain itself, so the checkpoint is chosen by the metric reported.
     self.spec = SamplerSpec(e.val_sampler or e.sampler, e.val_num_steps or e.num_steps, 1)
     self.predict = make_predict_fn(models, self.spec)
     self.batches = _eval_batches(config, config.data.val_split)
@@ -160,18 +166,24 @@ def _test_spec(config) -> SamplerSpec:
   return SamplerSpec(e.sampler, e.num_steps, e.num_samples)
 
 
+def _sample(config, predict, mesh, state, batches, total: int, desc: str,
+            keep_saliency: bool = False) -> dict:
+  """`predict_split` of `state` with the parameters evaluation uses, behind a progress bar."""
+  eps_vars = state.eps.variables(state.eval_eps_params(uses_ema(config)))
+  with tqdm(total=total, desc=desc, disable=jax.process_index() != 0) as bar:
+    return predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
+                         train_state.keys(config.seed)['eval'], keep_saliency=keep_saliency,
+                         progress=bar)
+
+
 def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None) -> dict:
   """Whole-split results of `state` on `split` under config.eval (nothing written)."""
   spec = _test_spec(config)
-  predict = predict or make_predict_fn(models, spec)
-  use_ema = uses_ema(config)
-  eps_vars = state.eps.variables(state.eval_eps_params(use_ema))
-  n = data.num_examples(config.data, split)
-  with tqdm(total=n, desc=f'sample {split}', disable=jax.process_index() != 0) as bar:
-    pred = predict_split(predict, state.dcg.variables(), eps_vars, _eval_batches(config, split),
-                         mesh, train_state.keys(config.seed)['eval'], progress=bar)
+  pred = _sample(config, predict or make_predict_fn(models, spec), mesh, state,
+                 _eval_batches(config, split), data.num_examples(config.data, split),
+                 f'sample {split}')
   protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
-              f"{'EMA' if use_ema else 'raw'} epsilon-network params; seed {config.seed}")
+              f"{'EMA' if uses_ema(config) else 'raw'} epsilon-network params; seed {config.seed}")
   return split_results(pred, config.num_classes, split, protocol)
 
 
@@ -327,12 +339,8 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   source, records, ids, labelled, batches = _prediction_input(config, split, input_path)
   r = restore(config, workdir, which)
   e = config.eval
-  use_ema = uses_ema(config)
-  with tqdm(total=len(ids), desc=f'predict {source}', disable=jax.process_index() != 0) as bar:
-    pred = predict_split(make_predict_fn(r.models, _test_spec(config)), r.state.dcg.variables(),
-                         r.state.eps.variables(r.state.eval_eps_params(use_ema)), batches, r.mesh,
-                         train_state.keys(config.seed)['eval'], keep_saliency=e.save_saliency,
-                         progress=bar)
+  pred = _sample(config, make_predict_fn(r.models, _test_spec(config)), r.mesh, r.state, batches,
+                 len(ids), f'predict {source}', keep_saliency=e.save_saliency)
   summary = metrics.summarize_samples(pred['sample_probs'])
   result = {'n': int(len(pred['index'])), 'checkpoint': r.description}
   if jax.process_index() == 0:

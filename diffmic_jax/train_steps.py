@@ -72,14 +72,19 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
   feats, upd = models.eps.apply(variables, images, True, method=EpsilonNet.encode,
                                 mutable=['batch_stats'])
   stats = upd['batch_stats']
-  preds, y_ts = [], []
-  for mean in (y_hat, y_hat_g, y_hat_l):
+
+  def head(y_t, mean, stats):
+    """One train-mode head pass for prior `mean`: its noise prediction and the new statistics."""
     cond = mean if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
-    y_t = sched.q_sample(y0, mean, t, noise)
-    y_ts.append(y_t)
     pred, upd = models.eps.apply({'params': eps_params, 'batch_stats': stats}, feats, y_t, cond, t,
                                  True, method=EpsilonNet.head, mutable=['batch_stats'])
-    stats = upd['batch_stats']
+    return pred, upd['batch_stats']
+
+  preds, y_ts = [], []
+  for mean in (y_hat, y_hat_g, y_hat_l):
+    y_t = sched.q_sample(y0, mean, t, noise)
+    y_ts.append(y_t)
+    pred, stats = head(y_t, mean, stats)
     preds.append(pred)
   mse = losses.noise_mse(noise, preds[0])
   mmd_g = losses.rbf_mmd(noise, preds[1], models.mmd_bandwidths)
@@ -87,10 +92,7 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
   loss = mse + models.mmd_weight * (mmd_g + mmd_l)
   metrics = {'loss': loss, 'mse': mse, 'mmd_global': mmd_g, 'mmd_local': mmd_l}
   if models.ce_weight > 0:  # The official term: a fourth head pass, its output detached.
-    cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
-    pred, upd = models.eps.apply({'params': eps_params, 'batch_stats': stats}, feats, y_ts[0], cond,
-                                 t, True, method=EpsilonNet.head, mutable=['batch_stats'])
-    stats = upd['batch_stats']
+    pred, stats = head(y_ts[0], y_hat, stats)
     ce = y0_cross_entropy(models, y_ts[0], y_hat, t, jax.lax.stop_gradient(pred), labels)
     loss = loss + models.ce_weight * ce
     metrics.update(loss=loss, y0_ce=ce)
