@@ -23,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from diffmic_jax import checkpoint, data, metrics, parallel, report, sampling, train_state
+from diffmic_jax import browse, checkpoint, data, metrics, parallel, report, sampling, train_state
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of, data_source
 from diffmic_jax.data.normalize import normalize
@@ -161,38 +161,26 @@ class Validator:
     return scores
 
 
-def _test_spec(config) -> SamplerSpec:
-  e = config.eval
-  return SamplerSpec(e.sampler, e.num_steps, e.num_samples)
-
-
-def _sample(config, predict, mesh, state, batches, total: int, desc: str,
-            keep_saliency: bool = False) -> dict:
-  """`predict_split` of `state` with the parameters evaluation uses, behind a progress bar."""
-  eps_vars = state.eps.variables(state.eval_eps_params(uses_ema(config)))
+def _classify(clf, batches, total: int, desc: str, keep_saliency: bool = False) -> dict:
+  """`clf.run` over `batches`, behind a progress bar."""
   with tqdm(total=total, desc=desc, disable=jax.process_index() != 0) as bar:
-    return predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
-                         train_state.keys(config.seed)['eval'], keep_saliency=keep_saliency,
-                         progress=bar)
+    return clf.run(batches, keep_saliency=keep_saliency, progress=bar)
 
 
-def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None) -> dict:
-  """Whole-split results of `state` on `split` under config.eval (nothing written)."""
-  spec = _test_spec(config)
-  pred = _sample(config, predict or make_predict_fn(models, spec), mesh, state,
-                 _eval_batches(config, split), data.num_examples(config.data, split),
-                 f'sample {split}')
-  protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
-              f"{'EMA' if uses_ema(config) else 'raw'} epsilon-network params; seed {config.seed}")
-  return split_results(pred, config.num_classes, split, protocol)
+def _evaluate_split(config, clf, split: str, keep_saliency: bool = False) -> tuple[dict, dict]:
+  """(whole-split results, per-image host arrays) of the classifier on `split`; nothing written."""
+  pred = _classify(clf, _eval_batches(config, split), data.num_examples(config.data, split),
+                   f'sample {split}', keep_saliency)
+  return split_results(pred, config.num_classes, split, clf.protocol()), pred
 
 
 def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
   """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports."""
-  predict = make_predict_fn(models, _test_spec(config))
+  from diffmic_jax.inference import Classifier  # It builds on this module.
+  clf = Classifier(config, models, mesh, state, step=int(state.step), description=chosen)
   out = {}
   for split in config.eval.splits:
-    res = _evaluate_split(config, models, mesh, state, split, chosen, predict)
+    res, _ = _evaluate_split(config, clf, split)
     if jax.process_index() == 0:
       paths = report.write_report(res, str(epath.Path(workdir) / 'reports'), split)
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
@@ -281,20 +269,27 @@ def evaluate_checkpoint(config, workdir: str, which: str = 'best',
   """Evaluates a saved checkpoint on config.eval.splits.
 
   Writes `<output_dir or workdir>/eval/step_<N>/<split>/` (report.{json,txt}, the confusion and
-  reliability plots, config.json) for each split, once all of them are done.
+  reliability plots, config.json, index.html with every image) for each split, once all of them
+  are done.
 
   Returns:
     {split: results, with 'dir' the folder written}.
   """
-  r = restore(config, workdir, which)
-  predict = make_predict_fn(r.models, _test_spec(config))
-  results = {split: _evaluate_split(config, r.models, r.mesh, r.state, split, r.description,
-                                    predict) for split in config.eval.splits}
+  from diffmic_jax.inference import Classifier, Prediction  # They build on this module.
+  clf = Classifier.from_workdir(workdir, which, config)
+  results, per_image = {}, {}
+  for split in config.eval.splits:
+    results[split], per_image[split] = _evaluate_split(config, clf, split, keep_saliency=True)
   if jax.process_index() == 0:
     for split, res in results.items():
-      out = fresh_dir(output_dir or workdir, 'eval', r.step, split)
+      out = fresh_dir(output_dir or workdir, 'eval', clf.step, split)
       _write_config(config, out)
       paths = report.write_report(res, str(out), 'report')
+      _, records, ids, _, _ = _prediction_input(config, split, None)
+      browse.write_page(out, Prediction.from_samples(per_image[split], ids, labelled=True),
+                        records, config.image_size, title=f'{split}: {clf.description}',
+                        results=res, figures={k: epath.Path(paths[k]).name
+                                              for k in ('confusion', 'reliability')})
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
       res['dir'] = str(out)
   return results
@@ -336,24 +331,24 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   if (split is None) == (input_path is None):
     raise UserError('predict needs exactly one of --split (a built split) or --input (a folder '
                      'of images or a CSV of files)')
+  from diffmic_jax.inference import Classifier, Prediction  # They build on this module.
   source, records, ids, labelled, batches = _prediction_input(config, split, input_path)
-  r = restore(config, workdir, which)
-  e = config.eval
-  pred = _sample(config, make_predict_fn(r.models, _test_spec(config)), r.mesh, r.state, batches,
-                 len(ids), f'predict {source}', keep_saliency=e.save_saliency)
-  summary = metrics.summarize_samples(pred['sample_probs'])
-  result = {'n': int(len(pred['index'])), 'checkpoint': r.description}
+  clf = Classifier.from_workdir(workdir, which, config)
+  sampled = _classify(clf, batches, len(ids), f'predict {source}', keep_saliency=True)
+  pred = Prediction.from_samples(sampled, ids, labelled)
+  result = {'n': len(pred), 'checkpoint': clf.description}
   if jax.process_index() == 0:
-    out = fresh_dir(output_dir or workdir, 'predict', r.step, source)
+    out = fresh_dir(output_dir or workdir, 'predict', clf.step, source)
     _write_config(config, out)
     result.update(dir=str(out), csv=str(out / 'predictions.csv'))
-    report.write_predictions_csv(result['csv'], [ids[i] for i in pred['index']],
-                                 pred['label'] if labelled else None, summary['mean_prob'],
-                                 summary['vote'], summary['uncertainty'], pred['dcg_prob'],
-                                 vote_agreement=summary['vote_agreement'])
-    if e.save_saliency:
-      _save_overlays(config, records, ids, pred, summary, labelled, out / 'saliency',
-                     e.max_saliency_images)
+    report.write_predictions_csv(result['csv'], pred.ids, pred.labels, pred.probs, pred.pred,
+                                 pred.uncertainty, pred.dcg_probs,
+                                 vote_agreement=pred.vote_agreement)
+    if config.eval.save_saliency:
+      _save_overlays(config, records, ids, sampled, {'vote': pred.pred}, labelled, out / 'saliency',
+                     config.eval.max_saliency_images)
+    result['page'] = str(browse.write_page(out, pred, records, config.image_size,
+                                           title=f'{source}: {clf.description}'))
   return {source: result}
 
 
