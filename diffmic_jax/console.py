@@ -71,6 +71,8 @@ def announce(config, workdir: str, mode: str, config_source: str, input_path: st
   logging.info('diffmic-jax %s: %s on %s', mode, config_source, devices)
   if input_path:
     logging.info('input: %s (image files; no dataset is built)', input_path)
+  elif mode == 'export':
+    logging.info('exports the checkpoint (no data is read)')
   else:
     logging.info('data: %s/%s from %s, built into %s', d.name, d.builder_config,
                  d.manual_dir or 'the built-in source', d.data_dir)
@@ -79,7 +81,7 @@ def announce(config, workdir: str, mode: str, config_source: str, input_path: st
                  workdir, mode)
   else:
     logging.info('writes to a new folder under %s/%s/ (its config.json holds the full config)',
-                 output_dir or workdir, 'eval' if mode == 'evaluate' else 'predict')
+                 output_dir or workdir, {'evaluate': 'eval'}.get(mode, mode))
   if config.cpu_tuning:
     if jax.default_backend() == 'cpu':
       logging.info('CPU tuning on: glibc keeps freed memory (%s), CPU forms of the convolutions',

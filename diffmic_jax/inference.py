@@ -20,6 +20,7 @@ from diffmic_jax import evaluate, metrics, parallel, run_config, train_state
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of
 from diffmic_jax.data.examples import Example
+from diffmic_jax.data.preprocess import decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,19 @@ def _example(image: Any, i: int) -> Example:
       raise ValueError(f'image {i}: expected uint8 (H, W, 3) or (H, W), a PIL image or a file '
                        f'path, got {pixels.dtype} {pixels.shape}')
   return Example(key=str(i), label=-1, where=f'image {i}', pixels=pixels)
+
+
+def _listed(images) -> files.ImageFiles:
+  """A sequence of images, one image or an (N, H, W, 3) array, as the files predict reads."""
+  if isinstance(images, np.ndarray) and images.ndim == 4:
+    images = list(images)
+  elif isinstance(images, (str, Image.Image)) or hasattr(images, '__fspath__') or (
+      isinstance(images, np.ndarray) and images.ndim < 4):
+    images = [images]
+  examples = tuple(_example(image, i) for i, image in enumerate(images))
+  if not examples:
+    raise ValueError('no images to predict')
+  return files.ImageFiles('<images>', examples, labelled=False)
 
 
 class Classifier:
@@ -163,6 +177,12 @@ class Classifier:
         process_index=jax.process_index(), process_count=jax.process_count(),
         read_threads=self.config.data.read_threads)
 
+  def preprocess(self, images) -> np.ndarray:
+    """(N, S, S, 3) uint8: the images as the model sees them, before its normalisation."""
+    build = builder_config_of(self.config.data)
+    listed = files.records(_listed(images), build.stored_size, build.encoding)
+    return np.stack([decode(listed[i]['image'], self.image_size) for i in range(len(listed))])
+
   def predict(self, images, *, saliency: bool = True) -> Prediction:
     """Predicts images: uint8 (H, W, 3) arrays of any size, PIL images or file paths.
 
@@ -173,14 +193,6 @@ class Classifier:
     Returns:
       A `Prediction` with one row per image, in input order.
     """
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-      images = list(images)
-    elif isinstance(images, (str, Image.Image)) or (
-        isinstance(images, np.ndarray) and images.ndim < 4):
-      images = [images]
-    examples = tuple(_example(image, i) for i, image in enumerate(images))
-    if not examples:
-      raise ValueError('no images to predict')
-    listed = files.ImageFiles('<images>', examples, labelled=False)
+    listed = _listed(images)
     sampled = self.run(self.batches_of(listed), keep_saliency=saliency)
     return Prediction.from_samples(sampled, listed.ids)

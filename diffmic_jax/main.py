@@ -10,10 +10,13 @@ Modes:
             validation-chosen checkpoint on config.eval.splits
   evaluate  restore a checkpoint (--checkpoint=best|latest|STEP) and evaluate config.eval.splits
   predict   per-image probabilities and uncertainty for a built --split or for --input (a folder
-            of images or a CSV of files) as CSV (+ saliency maps if config.eval.save_saliency)
+            of images or a CSV of files) as CSV and index.html (+ saliency figures if
+            config.eval.save_saliency)
+  export    the checkpoint's inference (config.eval's sampler) as a jax.export artifact that
+            needs only jax to run (diffmic_jax/export.py)
 
-Evaluate and predict without --config use the config the run saved (diffmic_jax/run_config.py)
-and write to <output_dir or workdir>/{eval,predict}/step_<N>/<source>/.
+Evaluate, predict and export without --config use the config the run saved
+(diffmic_jax/run_config.py) and write to <output_dir or workdir>/{eval,predict,export}/step_<N>/<source>/.
 
 A user error (bad flag, config value, missing file, ...) prints one line and exits with status 2
 before anything is written; `--debug` shows its traceback.
@@ -30,7 +33,8 @@ from diffmic_jax import console, errors, host_memory
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here: a local '
                     'path or a URL such as gs://bucket/run (needs gcsfs).')
-flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'evaluate', 'predict'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['prepare', 'train', 'evaluate', 'predict', 'export'],
+                  'What to do.')
 flags.DEFINE_string('checkpoint', 'best', "evaluate/predict: 'best', 'latest' or a step number.")
 flags.DEFINE_string('split', None, "predict: a built split to predict ('test' without --input).")
 flags.DEFINE_string('input', None, 'predict: a folder of images or a CSV of files (column file, '
@@ -78,7 +82,7 @@ def main(argv):
     checkpoint.check_workdir(config, workdir)  # A refused resume writes nothing.
   console.announce(config, workdir, mode, config_source, FLAGS.input if mode == 'predict' else None,
                    FLAGS.output_dir)
-  from_files = mode == 'predict' and FLAGS.input is not None
+  from_files = mode == 'export' or (mode == 'predict' and FLAGS.input is not None)
   if not from_files:
     if jax.process_index() == 0:
       with console.quiet_library_output():
@@ -96,6 +100,12 @@ def main(argv):
     results = train.train_and_evaluate(config, workdir)
   elif mode == 'evaluate':
     results = evaluate.evaluate_checkpoint(config, workdir, FLAGS.checkpoint, FLAGS.output_dir)
+  elif mode == 'export':
+    from diffmic_jax import export
+    written = export.export_checkpoint(config, workdir, FLAGS.checkpoint, FLAGS.output_dir)
+    if jax.process_index() == 0:
+      logging.info('done: %s', json.dumps(written))
+    return
   else:
     split = FLAGS.split or (None if from_files else 'test')
     results = evaluate.predict(config, workdir, FLAGS.checkpoint, split=split,

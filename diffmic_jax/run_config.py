@@ -82,7 +82,7 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 
 def with_saved_config(argv: list[str]) -> list[str]:
   """argv, naming the workdir's saved config when evaluate / predict are given no --config."""
-  if _flag_value(argv, 'mode') not in ('evaluate', 'predict'):
+  if _flag_value(argv, 'mode') not in ('evaluate', 'predict', 'export'):
     return argv
   if any(re.fullmatch(r'--?config(=.*)?', a) for a in argv[1:]):
     return argv
