@@ -14,6 +14,7 @@ everything has run.
 
 import dataclasses
 import functools
+import io
 import re
 
 import jax
@@ -21,6 +22,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from diffmic_jax import browse, checkpoint, data, metrics, parallel, report, sampling, train_state
@@ -31,6 +33,9 @@ from diffmic_jax.data.preprocess import decode
 from diffmic_jax.errors import UserError
 from diffmic_jax.models import EpsilonNet, priors as dcg_priors
 from diffmic_jax.train_state import Models
+
+
+TENSORBOARD_OVERLAYS = 4  # Validation images shown with their saliency in TensorBoard.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,17 +153,43 @@ class Validator:
     self.spec = SamplerSpec(e.val_sampler or e.sampler, e.val_num_steps or e.num_steps, 1)
     self.predict = make_predict_fn(models, self.spec)
     self.batches = _eval_batches(config, config.data.val_split)
+    self.images = {}  # The last validation's TensorBoard images (process 0).
 
   def __call__(self, state, joint: bool) -> dict:
     eps_params = state.eval_eps_params(uses_ema(self.config))
     pred = predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
-                         self.batches, self.mesh, train_state.keys(self.config.seed)['eval'])
+                         self.batches, self.mesh, train_state.keys(self.config.seed)['eval'],
+                         keep_saliency=True)
     res = split_results(pred, self.config.num_classes, self.config.data.val_split,
                         self.spec.describe(self.config.diffusion.timesteps))
     scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
     if joint:
       scores.update({k: res['diffusion'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')})
+    if jax.process_index() == 0:
+      self.images = self._images(pred, res, 'diffusion' if joint else 'dcg')
     return scores
+
+  def _images(self, pred: dict, res: dict, who: str) -> dict:
+    """The confusion matrix of the model being selected, and saliency overlays of the first
+    TENSORBOARD_OVERLAYS images (input with ROI boxes | saliency of the predicted class)."""
+    cm = res[who]['confusion_matrix']
+    images = {'confusion_matrix': np.asarray(Image.open(io.BytesIO(report.confusion_png(
+        cm, f'{who}, {self.config.data.val_split}'))).convert('RGB'))}
+    records = data_source(self.config.data, self.config.data.val_split)
+    size = self.config.image_size
+    chosen = (metrics.summarize_samples(pred['sample_probs'])['vote'] if who == 'diffusion'
+              else pred['dcg_prob'].argmax(-1))
+    for i in range(min(TENSORBOARD_OVERLAYS, len(pred['index']))):
+      image = decode(records[int(pred['index'][i])]['image'], size)
+      boxed = Image.fromarray(image)
+      draw = ImageDraw.Draw(boxed)
+      for t, l, b, r in np.asarray(pred['roi_boxes'][i]).tolist():
+        draw.rectangle((l, t, r - 1, b - 1), outline=(255, 255, 0))
+      overlay = browse.saliency_overlay(image, pred['saliency'][i][..., int(chosen[i])])
+      pair = np.concatenate([np.asarray(boxed), overlay], axis=1)
+      zoom = max(1, 112 // size)  # Tiny inputs stay visible.
+      images[f'saliency/{i}'] = pair.repeat(zoom, 0).repeat(zoom, 1)
+    return images
 
 
 def _classify(clf, batches, total: int, desc: str, keep_saliency: bool = False) -> dict:

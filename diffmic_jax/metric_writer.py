@@ -1,5 +1,7 @@
 """Training and evaluation scalars as JSON lines and TensorBoard events, from process 0 only.
 
+Validation also writes a few images (its confusion matrix, saliency overlays) to TensorBoard.
+
 JSON lines are what scripts and tests read back (`metrics.jsonl`, one object per logged step);
 TensorBoard is what a person opens. Other processes get a writer that writes nothing, so callers
 never branch on the process index.
@@ -95,6 +97,13 @@ class MetricWriter:
     self._lines.append(line)
     if time.monotonic() - self._last_flush >= self._flush_secs:
       self.flush()
+
+  def write_images(self, step: int, images: dict, prefix: str = '') -> None:
+    """uint8 (H, W, 3) images to TensorBoard (JSON lines hold only scalars)."""
+    if not self.enabled or self._tb is None:
+      return
+    for k, image in images.items():
+      self._tb.add_image(f'{prefix}{k}', np.asarray(image, np.uint8), int(step), dataformats='HWC')
 
   def flush(self) -> None:
     """Makes everything written so far visible in the workdir."""

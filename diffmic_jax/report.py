@@ -109,12 +109,17 @@ def _jsonable(x):
   return x
 
 
-def _savefig(fig, path) -> None:
-  """Renders the figure to PNG bytes and writes them to `path` (local or a URL); closes it."""
+def _png(fig) -> bytes:
+  """The figure as PNG bytes; closes it."""
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=100)
   plt.close(fig)
-  epath.Path(path).write_bytes(buf.getvalue())
+  return buf.getvalue()
+
+
+def _savefig(fig, path) -> None:
+  """Renders the figure to PNG bytes and writes them to `path` (local or a URL); closes it."""
+  epath.Path(path).write_bytes(_png(fig))
 
 
 def _ticks(ax, k: int, class_names) -> None:
@@ -123,7 +128,8 @@ def _ticks(ax, k: int, class_names) -> None:
   ax.set_yticks(range(k), names, fontsize=8)
 
 
-def _plot_confusion(cm, path: str, title: str, class_names=None) -> None:
+def _plot_confusion(cm, path: str | None, title: str, class_names=None) -> bytes | None:
+  """Counts and row-normalised panels, written to `path`, or returned as PNG bytes if None."""
   cm = np.asarray(cm)
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   k = len(cm)
@@ -136,7 +142,14 @@ def _plot_confusion(cm, path: str, title: str, class_names=None) -> None:
     ax.set(xlabel='predicted', ylabel='true', title=f'{title}\n({name})')
     _ticks(ax, k, class_names)
   fig.tight_layout()
+  if path is None:
+    return _png(fig)
   _savefig(fig, path)
+
+
+def confusion_png(cm, title: str, class_names=None) -> bytes:
+  """The confusion-matrix plot of the reports as PNG bytes (for TensorBoard)."""
+  return _plot_confusion(cm, None, title, class_names)
 
 
 def _plot_reliability(results: dict, path: str) -> None:

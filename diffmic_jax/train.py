@@ -275,6 +275,7 @@ def _validate(run: _Run, step: int) -> None:
   scores = run.validator(run.state, joint=step > run.pre_steps)
   _release(run)
   run.writer.write(step, scores, prefix='val/')
+  run.writer.write_images(step, run.validator.images, prefix='val/')
   logging.info('step %d validation (%s): %s', step, run.config.data.val_split,
                ', '.join(f'{k} {float(v):.3f}' for k, v in scores.items()))
   metric = run.config.train.select_metric

@@ -7,6 +7,7 @@ must count as parsed outside `absl.app.run`.
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -55,6 +56,28 @@ def data_root() -> pathlib.Path:
   if not DATA_ROOT.is_dir():
     pytest.skip(f'real data folder {DATA_ROOT} is absent (set DIFFMIC_DATA_ROOT)')
   return DATA_ROOT
+
+
+def run_main(*args, timeout=900) -> subprocess.CompletedProcess:
+  """`python -m diffmic_jax.main *args` on 8 CPU devices, this checkout first on the path."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
+  return subprocess.run([sys.executable, '-m', 'diffmic_jax.main', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def demo_run(tmp_path_factory) -> dict:
+  """One tiny trained run (`configs/demo.py:smoke`, about 2 minutes), shared by every test of
+  what comes after training: {'base', 'workdir', 'data_dir', 'best_step'}."""
+  base = tmp_path_factory.mktemp('demo_run')
+  workdir, data_dir = base / 'run', base / 'tfds'
+  r = run_main('--config=configs/demo.py:smoke', f'--workdir={workdir}',
+               f'--config.data.data_dir={data_dir}')
+  assert r.returncode == 0, r.stderr[-4000:]
+  step = int(json.loads((workdir / 'reports' / 'test.json').read_text())['protocol'].split(
+      'checkpoint of step ')[1].split(',')[0])
+  return {'base': base, 'workdir': workdir, 'data_dir': data_dir, 'best_step': step}
 
 
 @pytest.fixture(scope='session')

@@ -1,8 +1,8 @@
 """Evaluate and predict from a saved run, as a user runs them: the run's own config, own output
 folders, new images with no dataset build, and refusals that write nothing.
 
-One tiny run (`configs/demo.py:smoke`) is trained once for the module; every other command is a
-subprocess of `python -m diffmic_jax.main` against it.
+One tiny run (`configs/demo.py:smoke`, conftest's `demo_run`) is trained once for the session;
+every other command is a subprocess of `python -m diffmic_jax.main` against it.
 """
 
 import csv
@@ -122,15 +122,8 @@ def _rows(path) -> list[dict]:
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  base = tmp_path_factory.mktemp('evaluate_predict')
-  workdir, data_dir = base / 'run', base / 'tfds'
-  r = _main('--config=configs/demo.py:smoke', f'--workdir={workdir}',
-            f'--config.data.data_dir={data_dir}')
-  assert r.returncode == 0, r.stderr[-4000:]
-  step = int(json.loads((workdir / 'reports' / 'test.json').read_text())['protocol'].split(
-      'checkpoint of step ')[1].split(',')[0])
-  return {'base': base, 'workdir': workdir, 'data_dir': data_dir, 'best_step': step}
+def run(demo_run):
+  return demo_run
 
 
 @pytest.mark.slow
