@@ -109,7 +109,8 @@ def metadata(clf, exported: jax.export.Exported) -> dict:
 
 def export_checkpoint(config, workdir: str, which: str = 'best',
                       output_dir: str | None = None) -> dict:
-  """`--mode=export`: checkpoint `which` of `workdir` into `<output_dir or workdir>/export/step_<N>/model/`."""
+  """`--mode=export`: checkpoint `which` of `workdir` into
+  `<output_dir or workdir>/export/step_<N>/model/`."""
   from diffmic_jax.evaluate import fresh_dir
   from diffmic_jax.inference import Classifier
   clf = Classifier.from_workdir(workdir, which, config)

@@ -16,7 +16,8 @@ Modes:
             needs only jax to run (diffmic_jax/export.py)
 
 Evaluate, predict and export without --config use the config the run saved
-(diffmic_jax/run_config.py) and write to <output_dir or workdir>/{eval,predict,export}/step_<N>/<source>/.
+(diffmic_jax/run_config.py) and write to
+<output_dir or workdir>/{eval,predict,export}/step_<N>/<source>/.
 
 A user error (bad flag, config value, missing file, ...) prints one line and exits with status 2
 before anything is written; `--debug` shows its traceback.

@@ -113,14 +113,42 @@ def test_classifier_gives_the_numbers_of_the_predict_command(clf, photos, predic
   assert clf._predict_fn._cache_size() == 1  # 12 and 4 images: one padded batch shape.
 
 
-@pytest.mark.slow
-def test_exported_model_runs_without_the_package(clf, demo_run, photos, tmp_path):
-  """--mode=export; then an isolated interpreter that finds jax but not diffmic_jax loads the
-  artifact and gives Classifier.predict's numbers on the same preprocessed images."""
-  out = tmp_path / 'exported'
-  r = run_main('--mode=export', f'--workdir={demo_run["workdir"]}', f'--output_dir={out}')
+def _readme_block(after: str, fence: str = 'python') -> str:
+  """The first ```<fence> block of the README after the line `after`."""
+  text = (REPO / 'README.md').read_text()
+  m = re.compile(rf'^```{fence}\n(.*?)^```', re.S | re.M).search(text, text.index(after))
+  return m.group(1)
+
+
+EXPORT_SECTION = '### A model that ships without this code'
+JAX_ONLY = {'PATH': os.environ['PATH'], 'JAX_PLATFORMS': 'cpu'}  # No PYTHONPATH.
+
+
+def _jax_only(code: str, cwd) -> subprocess.CompletedProcess:
+  """`code` in an isolated interpreter (-I -S) that finds jax and numpy but not this package: the
+  venv's packages are appended to sys.path without their .pth files (an editable install)."""
+  code = (f'import sys\nsys.path.append({sysconfig.get_paths()["purelib"]!r})\n'
+          "import importlib.util\nassert importlib.util.find_spec('diffmic_jax') is None\n" + code)
+  return subprocess.run([sys.executable, '-I', '-S', '-c', code], cwd=cwd, capture_output=True,
+                        text=True, timeout=300, env=JAX_ONLY)
+
+
+@pytest.fixture(scope='module')
+def exported(demo_run) -> pathlib.Path:
+  """The README's `--mode=export` command on the demo run, into a folder of its own."""
+  args = _readme_block(EXPORT_SECTION, fence='').split()[3:]  # After `python -m diffmic_jax.main`.
+  out = demo_run['base'] / 'inference_export'
+  r = run_main(*[a.replace('/tmp/diffmic_demo', str(demo_run['workdir'])) for a in args],
+               f'--output_dir={out}')
   assert r.returncode == 0, r.stderr[-4000:]
-  folder = out / 'export' / f'step_{demo_run["best_step"]}' / 'model'
+  return out / 'export' / f'step_{demo_run["best_step"]}' / 'model'
+
+
+@pytest.mark.slow
+def test_exported_model_runs_without_the_package(clf, exported, photos, tmp_path):
+  """What --mode=export wrote, loaded by an interpreter that finds jax but not diffmic_jax, gives
+  Classifier.predict's numbers on the same preprocessed images."""
+  folder = exported
   meta = json.loads((folder / 'model.json').read_text())
   assert meta['input']['image_size'] == clf.image_size and meta['classes'] == list('01234')
   assert meta['sampler']['num_samples'] == clf.spec.num_samples and meta['seed'] == 1234
@@ -131,20 +159,15 @@ def test_exported_model_runs_without_the_package(clf, demo_run, photos, tmp_path
   batch = np.zeros((clf.batch_size,) + images.shape[1:], np.uint8)
   batch[:len(images)] = images  # Padded as Classifier.predict pads its first batch.
   np.save(tmp_path / 'batch.npy', batch)
-  script = f'''
-import importlib.util, json, sys
-sys.path.append({sysconfig.get_paths()['purelib']!r})  # jax, numpy; no .pth files processed.
-assert importlib.util.find_spec('diffmic_jax') is None, 'diffmic_jax is importable'
+  child = _jax_only(f'''
+import json
 import jax, numpy as np
 meta = json.load(open({str(folder / 'model.json')!r}))
 model = jax.export.deserialize(open({str(folder / 'model.jax')!r}, 'rb').read())
 out = model.call(np.load('batch.npy'), np.uint32(meta['seed']), np.uint32(0))
 np.savez('out.npz', **{{k: np.asarray(v) for k, v in out.items()}})
 print(sorted(sys.modules.keys() & {{'diffmic_jax', 'flax', 'optax'}}))
-'''
-  child = subprocess.run([sys.executable, '-I', '-S', '-c', script], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300,
-                         env={'PATH': os.environ['PATH'], 'JAX_PLATFORMS': 'cpu'})
+''', tmp_path)
   assert child.returncode == 0, child.stderr[-4000:]
   assert child.stdout.strip() == '[]'
   got = np.load(tmp_path / 'out.npz')
@@ -157,42 +180,24 @@ print(sorted(sys.modules.keys() & {{'diffmic_jax', 'flax', 'optax'}}))
     np.testing.assert_allclose(got[key][:n], ref, atol=1e-5, err_msg=key)
 
 
-def _readme_block(after: str, fence: str = 'python') -> str:
-  """The first ```<fence> block of the README after the line `after`."""
-  text = (REPO / 'README.md').read_text()
-  start = text.index(after)
-  m = re.compile(rf'^```{fence}\n(.*?)^```', re.S | re.M).search(text, start)
-  return m.group(1)
-
-
 @pytest.mark.slow
-def test_readme_examples_run(demo_run, photos, tmp_path):
-  """The README's API example and its export/load example, with the demo run's paths."""
-  workdir = str(demo_run['workdir'])
+def test_readme_examples_run(demo_run, exported, photos, tmp_path):
+  """The README's API example and its load example (the export command ran in `exported`), with
+  the demo run's paths."""
   for name, src in (('fundus_1.jpg', next(photos.glob('*.jpg'))), ('fundus_2.png',
                                                                   photos / 'wide.png')):
     shutil.copy(src, tmp_path / name)
-  api = _readme_block('### From Python').replace('/tmp/diffmic_demo', workdir)
+  api = _readme_block('### From Python').replace('/tmp/diffmic_demo', str(demo_run['workdir']))
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
   r = subprocess.run([sys.executable, '-c', api], cwd=tmp_path, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-4000:]
   assert r.stdout.count('fundus_') == 2, r.stdout
 
-  command = _readme_block('### A model that ships without this code', fence='')
-  args = command.split()[3:]  # After `python -m diffmic_jax.main`.
-  out = tmp_path / 'exported'
-  r = run_main(*[a.replace('/tmp/diffmic_demo', workdir) for a in args], f'--output_dir={out}')
+  load = re.sub(r"folder = '[^']*'", f'folder = {str(exported)!r}', _readme_block(EXPORT_SECTION))
+  r = _jax_only(load, tmp_path)
   assert r.returncode == 0, r.stderr[-4000:]
-  folder = out / 'export' / f'step_{demo_run["best_step"]}' / 'model'
-  load = re.sub(r"folder = '[^']*'", f'folder = {str(folder)!r}',
-                _readme_block('### A model that ships without this code'))
-  load = f'import sys\nsys.path.append({sysconfig.get_paths()["purelib"]!r})\n' + load
-  r = subprocess.run([sys.executable, '-I', '-S', '-c', load], cwd=tmp_path, capture_output=True,
-                     text=True, timeout=300, env={'PATH': os.environ['PATH'],
-                                                  'JAX_PLATFORMS': 'cpu'})
-  assert r.returncode == 0, r.stderr[-4000:]
-  assert 'probs' in r.stdout, r.stdout
+  assert "'probs'" in r.stdout, r.stdout
 
 
 # ---- the page, in a real browser ----
