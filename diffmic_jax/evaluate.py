@@ -1,15 +1,17 @@
 """Evaluation in one place: restore for evaluation, whole-split metrics, validation, prediction.
 
-One jitted function per sampler setting maps a batch to the DCG's probabilities and M sampled
-label vectors per image (features and priors computed once, then the reverse chain as one
-`lax.scan`). The loop gathers masked rows from every process, so padded examples never count and
+Evaluation, prediction and a training run's final evaluation go through `inference.Classifier`,
+which holds the restored variables and runs the pieces here. One jitted function per sampler
+setting maps a batch to the DCG's probabilities and M sampled label vectors per image (features
+and priors computed once, then the reverse chain as one `lax.scan`). The loop gathers masked rows from every process, so padded examples never count and
 each example counts once; metrics are computed on the whole split, never averaged over batches.
 
 A checkpoint is restored into an abstract target (`jax.eval_shape` of a training run's
 initialisation), so nothing is allocated twice and a checkpoint of another model is refused with
 the fields that differ; evaluation never reads the training split. Each evaluation or prediction
-of a saved run writes to its own folder, `<out>/{eval,predict}/step_<N>/<source>/`, and only once
-everything has run.
+of a saved run writes to its own folder, `<out>/{eval,predict}/step_<N>/<source>/`, with its
+browsable `index.html` (browse.py), and only once everything has run. Validation also keeps the
+confusion matrix and a few saliency overlays for TensorBoard.
 """
 
 import dataclasses
