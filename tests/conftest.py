@@ -1,4 +1,5 @@
-"""Test set-up: the two tiers, 8 fake CPU devices, parsed absl flags, the real images, a GCS server.
+"""Test set-up: the two tiers, 8 fake CPU devices, parsed absl flags, the real images, a GCS server,
+one trained demo run.
 
 `python -m pytest tests` runs the fast tier; `--slow` adds the tests marked `slow` (subprocess
 training jobs and anything over ~20 s); CI runs both. XLA_FLAGS must be set before JAX starts, so
