@@ -1,8 +1,8 @@
 """`index.html`: a prediction or evaluation a person can browse, as one static page.
 
 The page needs no server and no network: its CSS, script and per-image data are inline, and its
-images are files beside it (`page/<image>.{png,jpg}`, the evaluation's plots), so the folder can
-be copied, zipped or opened from a file browser. Each row shows what the model saw (the decoded
+images are files beside it (`page/input/<image>.{png,jpg}`, `page/saliency/<image>.{png,jpg}`,
+the evaluation's plots), so the folder can be copied, zipped or opened from a file browser. Each row shows what the model saw (the decoded
 input with the DCG's ROI boxes), the saliency of the predicted class over it, the diffusion's and
 the DCG's predictions and probabilities, the uncertainty and, where known, the true label. The
 script sorts (by uncertainty by default, most uncertain first) and filters (predicted class, true
@@ -55,25 +55,25 @@ def _asset_names(ids) -> list[str]:
 
 def _rows(out: epath.Path, pred, records, image_size: int) -> list[dict]:
   """Writes each image and its overlay under `out/page`; returns the page's per-image data."""
-  assets = out / ASSETS
-  assets.mkdir(parents=True, exist_ok=True)
+  for sub in ('input', 'saliency'):
+    (out / ASSETS / sub).mkdir(parents=True, exist_ok=True)
   ids = pred.ids or [str(int(i)) for i in pred.index]
   rows = []
   for i, name in enumerate(_asset_names(ids)):
     image = decode(records[int(pred.index[i])]['image'], image_size)
     data, suffix = _png_or_jpeg(image)
-    (assets / f'{name}.{suffix}').write_bytes(data)
-    row = {'id': str(ids[i]), 'image': f'{ASSETS}/{name}.{suffix}',
+    row = {'id': str(ids[i]), 'image': f'{ASSETS}/input/{name}.{suffix}',
            'pred': int(pred.pred[i]), 'probs': [round(float(p), 4) for p in pred.probs[i]],
            'dcg_pred': int(pred.dcg_pred[i]),
            'dcg_probs': [round(float(p), 4) for p in pred.dcg_probs[i]],
            'uncertainty': round(float(pred.uncertainty[i]), 4),
            'label': None if pred.labels is None else int(pred.labels[i])}
+    (out / row['image']).write_bytes(data)
     if pred.saliency is not None:
       overlay = saliency_overlay(image, pred.saliency[i][..., int(pred.pred[i])])
       data, suffix = _png_or_jpeg(overlay)
-      (assets / f'{name}_saliency.{suffix}').write_bytes(data)
-      row['saliency'] = f'{ASSETS}/{name}_saliency.{suffix}'
+      row['saliency'] = f'{ASSETS}/saliency/{name}.{suffix}'
+      (out / row['saliency']).write_bytes(data)
       # Boxes as fractions of the side, so the page draws them at any thumbnail size.
       row['boxes'] = [[round(float(v) / image_size, 4) for v in box] for box in pred.roi_boxes[i]]
       row['attention'] = [round(float(a), 3) for a in pred.attention[i]]
@@ -114,7 +114,7 @@ def _summary(results: dict | None, figures: dict | None, names) -> str:
 
 def write_page(out, pred, records, image_size: int, *, title: str, results: dict | None = None,
                figures: dict | None = None, class_names=None) -> epath.Path:
-  """Writes `out/index.html` and its images under `out/page/`.
+  """Writes `out/index.html` and its images under `out/page/{input,saliency}/`.
 
   Args:
     out: The prediction's or evaluation's folder (local or a URL).
