@@ -12,7 +12,7 @@ runs as config.cpu_tuning does on a CPU (glibc keeps freed memory, CPU forms of 
 freed pages handed back after building the state and after each compilation); --nocpu_tuning
 measures the defaults.
 
-    python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
+    python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5] [--remat=blocks]
 
 Each configuration runs in its own process so peak memory is its own. Prints a table and writes
 bench/results/train_speed_<backbone>.json.
@@ -88,7 +88,7 @@ def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
 
 
 def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32',
-          cpu_tuning: bool = True):
+          cpu_tuning: bool = True, remat: str = 'none'):
   """(models, initialised state, real batch on the device): the APTOS recipe at 224 px."""
   import jax
   from configs import aptos
@@ -98,6 +98,7 @@ def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32',
   config.model.dcg_backbone = dcg_backbone
   config.model.dtype = dtype
   config.cpu_tuning = cpu_tuning
+  config.model.remat = remat
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
   batch = jax.device_put(real_batch(pathlib.Path(data_root), batch))
@@ -113,11 +114,12 @@ def run(args) -> dict:
   from diffmic_jax.models import priors as dcg_priors
 
   models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype,
-                               args.cpu_tuning)
+                               args.cpu_tuning, args.remat)
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
-         'dtype': args.dtype, 'queued': args.queued, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+         'dtype': args.dtype, 'remat': args.remat, 'queued': args.queued,
+         'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
@@ -203,6 +205,7 @@ def _define_flags():
   flags.DEFINE_integer('batch', 32, 'Batch size.')
   flags.DEFINE_integer('steps', 5, 'Timed steps.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+  flags.DEFINE_enum('remat', 'none', ['none', 'conv_outputs', 'blocks'], 'config.model.remat.')
   flags.DEFINE_bool('parts', True, 'Also time the joint step part by part.')
   flags.DEFINE_bool('queued', False, 'Call each train step before the previous one has '
                     'finished (what train.py does on accelerators).')

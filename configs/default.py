@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 6144  # Epsilon-network width (encoder projection and hidden layers).
   c.model.prior_input = 'fused'  # 'fused': [y_t, y_hat] (code); 'global_local': [y_t, y_g, y_l] (paper).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU halves activation memory).
+  # Train-mode ResNet blocks recomputed in the backward pass, for memory: 'none', 'conv_outputs'
+  # (keep the convolutions' outputs, recompute BatchNorm and ReLU) or 'blocks' (keep only each
+  # block's input). Values and gradients are the same; see docs/benchmarks.md, Memory.
+  c.model.remat = 'none'
   # Converted ImageNet weights (diffmic-convert-weights) for both DCG trunks; None: random init.
   c.model.pretrained = config_dict.placeholder(str)
   c.model.eps_pretrained = config_dict.placeholder(str)  # Its encoder's; None, as official.
