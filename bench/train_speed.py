@@ -13,6 +13,7 @@ freed pages handed back after building the state and after each compilation); --
 measures the defaults.
 
     python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5] [--remat=blocks]
+    python bench/train_speed.py --compile_only --remat=blocks  # XLA's buffer sizes, no steps
 
 Each configuration runs in its own process so peak memory is its own. Prints a table and writes
 bench/results/train_speed_<backbone>.json.
@@ -128,6 +129,12 @@ def run(args) -> dict:
   pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
   res['xla_options'] = train.xla_options()
   jit = functools.partial(jax.jit, compiler_options=res['xla_options'])
+  if args.compile_only:  # XLA's buffer sizes alone: seconds instead of minutes of steps.
+    for name, fn, fargs in [('joint', joint, (state, batch, key)), ('dcg_pretrain', pre, (state, batch))]:
+      analysis = fn.lower(*fargs).compile().memory_analysis()
+      res[name] = {'xla_buffers_gb': {k: getattr(analysis, f'{k}_size_in_bytes') / 2**30
+                                      for k in ('argument', 'output', 'temp', 'alias')}}
+    return res
   # The joint step first: it is the headline figure, and on an accelerator whose compiler
   # autotunes every convolution, a capped run should still produce it.
   for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
@@ -191,9 +198,16 @@ def main(argv):
     host_memory.keep_freed_memory()
   res = run(args)
   res['keep_freed_memory'] = host_memory.in_force()
-  print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
-  print(table(res))
+  print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}, remat {args.remat}")
+  if args.compile_only:
+    for name in ('joint', 'dcg_pretrain'):
+      print(f"{name} step, XLA's buffers (GB): " + ', '.join(
+          f'{k} {v:.3f}' for k, v in res[name]['xla_buffers_gb'].items()))
+  else:
+    print(table(res))
   suffix = '' if args.dtype == 'float32' else f'_{args.dtype}'
+  suffix += '' if args.remat == 'none' else f'_remat_{args.remat}'
+  suffix += '_buffers' if args.compile_only else ''
   out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'train_speed_{args.dcg_backbone}{suffix}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(res, indent=2))
@@ -207,6 +221,7 @@ def _define_flags():
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
   flags.DEFINE_enum('remat', 'none', ['none', 'conv_outputs', 'blocks'], 'config.model.remat.')
   flags.DEFINE_bool('parts', True, 'Also time the joint step part by part.')
+  flags.DEFINE_bool('compile_only', False, "Only compile both steps and report XLA's buffers.")
   flags.DEFINE_bool('queued', False, 'Call each train step before the previous one has '
                     'finished (what train.py does on accelerators).')
   flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')
