@@ -170,6 +170,39 @@ def _compare(straight: pathlib.Path, resumed: pathlib.Path) -> list[str]:
   return problems
 
 
+def _trial(phase, sig_name, t, base, straight, data_dir, cache, rng) -> dict:
+  """One run signalled in `phase`, then resumed to its end and compared with the straight run."""
+  name = f'{phase}_{sig_name}_{t}'
+  workdir = base / name
+  trial_data = base / f'tfds_{name}' if phase == 'build' else data_dir
+  log = base / f'{name}.log'
+  proc = _start(workdir, trial_data, cache, log)
+  delay = _trigger(phase, proc, workdir, log, rng)
+  reached = None
+  if delay is not None and proc.poll() is None:
+    reached = _phase_when_signalled(workdir, log.read_text())
+    os.killpg(proc.pid, SIGNALS[sig_name])
+  code, text = _finish(proc, log)
+  resumes, resumed_code = 0, None
+  while resumed_code != 0 and resumes < 3:  # A signalled resume would need another; none is.
+    resumes += 1
+    resumed_code, resumed_text = _finish(
+        _start(workdir, trial_data, cache, base / f'{name}_resume{resumes}.log'),
+        base / f'{name}_resume{resumes}.log')
+  problems = [] if resumed_code == 0 else [f'resume exited {resumed_code}: '
+                                            f'{resumed_text.strip().splitlines()[-1:]}']
+  problems += _compare(straight, workdir) if resumed_code == 0 else []
+  last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ['']
+  trial = {'phase': phase, 'signal': sig_name, 'trial': t, 'signalled': delay is not None,
+           'delay_s': delay, 'reached': reached, 'exit_code': code, 'last_line': last[0][:300],
+           'resumes': resumes, 'survived': delay is not None and not problems,
+           'problems': problems}
+  shutil.rmtree(workdir, ignore_errors=True)
+  if phase == 'build':
+    shutil.rmtree(trial_data, ignore_errors=True)
+  return trial
+
+
 def main(argv):
   del argv
   rng = random.Random(FLAGS.seed)
@@ -181,39 +214,25 @@ def main(argv):
   if code != 0:
     raise SystemExit(f'the straight run failed:\n{out[-4000:]}')
   trials = []
-  for phase in FLAGS.phases:
-    for sig_name in FLAGS.signals:
-      for t in range(FLAGS.trials):
-        name = f'{phase}_{sig_name}_{t}'
-        workdir = base / name
-        trial_data = base / f'tfds_{name}' if phase == 'build' else data_dir
-        log = base / f'{name}.log'
-        proc = _start(workdir, trial_data, cache, log)
-        delay = _trigger(phase, proc, workdir, log, rng)
-        reached = None
-        if delay is not None and proc.poll() is None:
-          reached = _phase_when_signalled(workdir, log.read_text())
-          os.killpg(proc.pid, SIGNALS[sig_name])
-        code, text = _finish(proc, log)
-        resumes, resumed_code = 0, None
-        while resumed_code != 0 and resumes < 3:  # A signalled resume would need another; none is.
-          resumes += 1
-          resumed_code, resumed_text = _finish(
-              _start(workdir, trial_data, cache, base / f'{name}_resume{resumes}.log'),
-              base / f'{name}_resume{resumes}.log')
-        problems = [] if resumed_code == 0 else [f'resume exited {resumed_code}: '
-                                                  f'{resumed_text.strip().splitlines()[-1:]}']
-        problems += _compare(straight, workdir) if resumed_code == 0 else []
-        last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ['']
-        trial = {'phase': phase, 'signal': sig_name, 'trial': t, 'signalled': delay is not None,
-                 'delay_s': delay, 'reached': reached, 'exit_code': code, 'last_line': last[0][:300],
-                 'resumes': resumes, 'survived': delay is not None and not problems,
-                 'problems': problems}
-        trials.append(trial)
-        print(json.dumps(trial), flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if phase == 'build':
-          shutil.rmtree(trial_data, ignore_errors=True)
+  # Each pass covers every phase, the signals alternating over phases and passes, so that a run
+  # cut short still has every phase, and each phase meets each signal over two passes.
+  order = [(phase, FLAGS.signals[(i + p) % len(FLAGS.signals)], p // len(FLAGS.signals))
+           for p in range(FLAGS.trials * len(FLAGS.signals))
+           for i, phase in enumerate(FLAGS.phases)]
+  for phase, sig_name, t in order:
+    try:
+      trials.append(_trial(phase, sig_name, t, base, straight, data_dir, cache, rng))
+    except Exception as e:  # noqa: BLE001  A harness failure is recorded, not a lost table.
+      trials.append({'phase': phase, 'signal': sig_name, 'trial': t, 'signalled': False,
+                     'survived': False, 'problems': [f'harness: {type(e).__name__}: {e}']})
+    print(json.dumps(trials[-1]), flush=True)
+    _write(trials, started, final=False)  # What is done so far, should the run be cut short.
+  _write(trials, started, final=True)
+  shutil.rmtree(base, ignore_errors=True)
+
+
+def _write(trials: list[dict], started: float, final: bool) -> None:
+  """Prints the table (when `final`) and writes the JSON of the trials so far."""
   table = {}
   for tr in trials:
     row = table.setdefault(tr['phase'], {'runs': 0, 'survived': 0, 'missed': 0,
@@ -224,26 +243,31 @@ def main(argv):
     row['runs'] += 1
     row['survived'] += int(tr['survived'])
     row['signals'][tr['signal']] += 1
-  print(f"\n{'phase':<12} {'survived':>10}   signals")
-  for phase, row in table.items():
-    print(f"{phase:<12} {row['survived']:>4} of {row['runs']:<3}   "
-          + ', '.join(f'{k} x{v}' for k, v in sorted(row['signals'].items()))
-          + (f"   ({row['missed']} ended before the phase was seen)" if row['missed'] else ''))
   total, runs = sum(r['survived'] for r in table.values()), sum(r['runs'] for r in table.values())
-  print(f"{'all':<12} {total:>4} of {runs:<3}")
+  if final:
+    _print(table, total, runs)
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
   result = {'command': ' '.join(['python', 'bench/faults.py', *sys.argv[1:]]),
             'date': time.strftime('%Y-%m-%d', time.gmtime()), 'commit': commit,
-            'recipe': ' '.join(ARGS), 'seed': FLAGS.seed, 'trials_per_phase_and_signal': FLAGS.trials,
-            'wall_s': round(time.time() - started, 1), 'load_avg_at_end': os.getloadavg(),
+            'complete': final, 'recipe': ' '.join(ARGS), 'seed': FLAGS.seed,
+            'trials_per_phase_and_signal': FLAGS.trials,
+            'wall_s': round(time.time() - started, 1), 'load_avg': os.getloadavg(),
             'survived': total, 'runs': runs,
             'by_phase': {p: {k: r[k] for k in ('survived', 'runs', 'missed')}
                          for p, r in table.items()},
             'trials': trials}
   pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(FLAGS.out).write_text(json.dumps(result, indent=1) + '\n')
-  shutil.rmtree(base, ignore_errors=True)
+
+
+def _print(table: dict, total: int, runs: int) -> None:
+  print(f"\n{'phase':<12} {'survived':>10}   signals")
+  for phase, row in table.items():
+    print(f"{phase:<12} {row['survived']:>4} of {row['runs']:<3}   "
+          + ', '.join(f'{k} x{v}' for k, v in sorted(row['signals'].items()))
+          + (f"   ({row['missed']} ended before the phase was seen)" if row['missed'] else ''))
+  print(f"{'all':<12} {total:>4} of {runs:<3}")
 
 
 if __name__ == '__main__':
