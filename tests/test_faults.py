@@ -177,8 +177,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint_and_keeps_it(tmp_path, capl
 
 # ---- 4. the saved config travels ----
 
-def test_saved_config_has_resolved_paths_and_takes_overrides_of_none_fields(tmp_path,
-                                                                            monkeypatch):
+def test_saved_config_has_resolved_paths(tmp_path, monkeypatch):
   (tmp_path / 'real').mkdir()
   os.symlink(tmp_path / 'real', tmp_path / 'link')
   monkeypatch.chdir(tmp_path)
@@ -188,6 +187,9 @@ def test_saved_config_has_resolved_paths_and_takes_overrides_of_none_fields(tmp_
   run_config.resolve_paths(config)
   assert config.model.pretrained == str(tmp_path / 'weights' / 'r18.msgpack')
   assert config.data.manual_dir == str(tmp_path / 'real')
+
+
+def test_fields_saved_as_none_take_overrides(tmp_path):
   saved = demo.get_config('smoke')  # manual_dir and val_sampler saved as None.
   (tmp_path / run_config.SAVED_NAME).write_text(saved.to_json_best_effort())
   argv = ['prog', f'--config={run_config.PATH}:{tmp_path}', f'--config.data.manual_dir={tmp_path}',
