@@ -34,8 +34,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = 'train.bat
   """The per-process batch, after checking the global batch splits evenly over devices."""
   n = mesh.devices.size
   if global_batch_size % n:
-    raise BatchSizeError(f'config.{field}={global_batch_size} must be a multiple of the device count '
-                    f'{n} (e.g. {max(n, global_batch_size // n * n)})')
+    raise BatchSizeError(f'config.{field}={global_batch_size} must be a multiple of the device '
+                         f'count {n} (e.g. {max(n, global_batch_size // n * n)})')
   return global_batch_size // jax.process_count()
 
 

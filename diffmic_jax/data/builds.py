@@ -3,7 +3,9 @@
 `prepare` resolves the manual directory's splits (no pixel touched), checks them and the config's
 `num_classes`, and compares their source record with the one stored beside the build: equal, the
 build is reused; different, it is rebuilt beside the old one, which it then replaces, and the log
-says what changed; absent, it is built. One job builds a source at a time (`locks.build_lock`). A remote `data.data_dir` (gs://...) is built on local disk and uploaded (`staging.py`).
+says what changed; absent, it is built. One job builds a source at a time (`locks.build_lock`);
+another waits, then reuses its build. A remote `data.data_dir` (gs://...) is built on local disk
+and uploaded (`staging.py`).
 """
 
 import os
@@ -89,8 +91,9 @@ def prepare(data_cfg, num_classes: int | None = None) -> None:
 
   A build is reused only when its stored source record (`source.json`) matches the manual
   directory as it is now; a changed source (labels, images, split lists, build options) is
-  rebuilt beside the old build and swapped in, logging what changed. Every cheap check runs before anything is written;
-  image decoding errors stop the build inside TFDS's temporary folder, which is then removed.
+  rebuilt beside the old build and swapped in, logging what changed. Every cheap check runs
+  before anything is written; image decoding errors stop the build beside the old one, which
+  stays in use.
   With `data.skip_bad_examples`, bad examples are skipped and listed in `skipped.txt`.
 
   array_record's writer opens local files only, so a remote `data.data_dir` is built into this

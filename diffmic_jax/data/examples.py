@@ -10,8 +10,8 @@ encoding a single image.
 import collections
 import csv
 import dataclasses
-import io
 import hashlib
+import io
 import os
 from typing import Any, Sequence
 

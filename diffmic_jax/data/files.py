@@ -5,8 +5,9 @@ hidden files and folders (`.ipynb_checkpoints`, `.DS_Store`) are not images to p
 (UTF-8, with or without a byte-order mark, or Windows-1252, as Excel saves it): a `file` column
 (relative to the CSV's folder, or absolute), optional `label` and `id` columns. Every image is
 decoded once before any model is compiled: an unreadable one stops there, naming it, or with
-`skip_unreadable` is left out and listed. Each image goes through the build's crop / resize / encode (`preprocess.encode_example`)
-and the read's decode, so a file predicts as it would from a built split, and no dataset is built.
+`skip_unreadable` is left out and listed. Each image goes through the build's crop / resize /
+encode (`preprocess.encode_example`) and the read's decode, so a file predicts as it would from a
+built split, and no dataset is built.
 """
 
 import concurrent.futures

@@ -28,8 +28,7 @@ def center_square(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
   """8-bit RGB of any image PIL reads, its values scaled, never clipped.
 
-  16-bit (or 32-bit integer) grayscale, common in medical exports, is scaled from its type's
-  range to 0..255: PIL's own `convert('RGB')` clips it at 255, which saturates almost every pixel.
+  16-bit grayscale, common in medical exports, is scaled from 0..65535 to 0..255: PIL's own `convert('RGB')` clips it at 255, which saturates almost every pixel.
   Float images are taken as 0..1. Transparency (RGBA, LA, a palette's transparent colour) is laid
   over black, the background of fundus and dermoscopy photos, instead of showing whatever colour
   the hidden pixels happen to hold.
@@ -38,8 +37,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     values = np.asarray(image, np.float64)
     if image.mode == 'F':
       scale = 255.0
-    elif image.mode == 'I' and (values.min() < 0 or values.max() > 65535):
-      scale = 255.0 / 4294967295.0 if values.min() >= 0 else 255.0 / max(1.0, values.max())
+    elif values.max() > 65535:
+      scale = 255.0 / values.max()  # Beyond 16 bits there is no usual range: the image's own.
     else:
       scale = 255.0 / 65535.0
     gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
