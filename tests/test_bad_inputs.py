@@ -6,14 +6,11 @@ The commands run against a workdir holding real Orbax checkpoints of the smoke m
 once for the module, so no row trains or builds anything.
 """
 
-import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
 import pytest
 
 import subprocesses
