@@ -131,6 +131,7 @@ RULES = {
     'eval.num_samples': positive,
     'eval.splits': splits,
     'eval.save_saliency': boolean,
+    'eval.skip_unreadable': boolean,
 }
 
 
