@@ -111,20 +111,21 @@ def export_checkpoint(config, workdir: str, which: str = 'best',
                       output_dir: str | None = None) -> dict:
   """`--mode=export`: checkpoint `which` of `workdir` into
   `<output_dir or workdir>/export/step_<N>/model/`."""
-  from diffmic_jax.evaluate import fresh_dir
+  from diffmic_jax.evaluate import claim_dir
   from diffmic_jax.inference import Classifier
   clf = Classifier.from_workdir(workdir, which, config)
   if jax.process_index() != 0:
     return {}
-  return write(clf, fresh_dir(output_dir or workdir, 'export', clf.step, 'model'))
+  return write(clf, claim_dir(output_dir or workdir, 'export', clf.step, 'model'))
 
 
 def write(clf, out) -> dict:
-  """Writes model.jax and model.json into the new folder `out`; returns their paths."""
+  """Writes model.jax and model.json into the folder `out` (made if absent); returns their
+  paths."""
   exported = export_model(clf)
   out = epath.Path(out)
   logging.info('exported for %s: %s', ', '.join(exported.platforms), out)
-  out.mkdir(parents=True, exist_ok=False)
+  out.mkdir(parents=True, exist_ok=True)
   (out / MODEL_FILE).write_bytes(bytes(exported.serialize()))
   (out / META_FILE).write_text(json.dumps(metadata(clf, exported), indent=2))
   return {'dir': str(out), 'model': str(out / MODEL_FILE), 'meta': str(out / META_FILE)}

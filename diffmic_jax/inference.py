@@ -161,16 +161,16 @@ class Classifier:
             f"{'EMA' if evaluate.uses_ema(self.config) else 'raw'} epsilon-network params; "
             f'seed {self.config.seed}')
 
-  def run(self, batches, *, keep_saliency: bool = True, progress=None) -> dict:
+  def run(self, batches, *, keep_saliency: bool = True, progress=None, stop=None) -> dict:
     """`evaluate.predict_split` over padded, masked batches (a built split or `batches_of`)."""
     return evaluate.predict_split(self._predict_fn, self.dcg_vars, self.eps_vars, batches,
                                   self.mesh, self.key, keep_saliency=keep_saliency,
-                                  progress=progress)
+                                  progress=progress, stop=stop)
 
   def batches_of(self, images: files.ImageFiles):
     """This process's padded batches of `images`, read as a build would store them."""
     build = builder_config_of(self.config.data)
-    parallel.check_batch_size(self.batch_size, self.mesh)
+    parallel.check_batch_size(self.batch_size, self.mesh, 'eval.batch_size')
     return files.make_file_iterator(
         images, stored_size=build.stored_size, encoding=build.encoding,
         image_size=self.image_size, global_batch_size=self.batch_size,
