@@ -45,7 +45,7 @@ def check_batch_sizes(config, mode: str) -> None:
   mesh = make_mesh()
   if mode == 'train':
     check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
-  if mode in ('train', 'evaluate', 'predict', 'export'):
+  if mode in ('train', 'evaluate', 'predict'):
     check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
 
 
