@@ -117,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.val_num_steps = config_dict.placeholder(int)
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
+  # The temperature of the reported probabilities is fitted on data.val_split once per checkpoint
+  # (<workdir>/calibration/step_<N>.json); True fits it again.
+  c.eval.refit_temperature = False
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
   c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
   return c

@@ -130,6 +130,7 @@ RULES = {
     'eval.num_samples': positive,
     'eval.splits': splits,
     'eval.save_saliency': boolean,
+    'eval.refit_temperature': boolean,
 }
 
 

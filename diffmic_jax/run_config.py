@@ -19,7 +19,7 @@ SAVED_NAME = 'config_train.json'
 PATH = os.path.abspath(__file__)  # What main.py names as --config for a saved run.
 EVAL_OVERRIDES = ('eval.', 'data.data_dir', 'data.manual_dir')  # Prefixes and fields allowed.
 # Evaluation fields newer than some saved runs, with their defaults (configs/default.py).
-NEWER_EVAL_FIELDS = {'max_saliency_images': 64}
+NEWER_EVAL_FIELDS = {'max_saliency_images': 64, 'refit_temperature': False}
 
 
 class SavedConfigError(UserError, ValueError):

@@ -338,6 +338,7 @@ def _final_evaluation(run: _Run) -> dict:
     _release(run)
   else:
     chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
-  results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
+  results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen,
+                            best_step if best_step is not None else int(state.step))
   run.ckpt.close()
   return results
