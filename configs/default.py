@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Converted ImageNet weights (diffmic-convert-weights) for both DCG trunks; None: random init.
   c.model.pretrained = config_dict.placeholder(str)
   c.model.eps_pretrained = config_dict.placeholder(str)  # Its encoder's; None, as official.
+  # 'dcg': the encoder starts stage 2 as a copy of the trained DCG's global trunk (same backbone,
+  # width and stem), so it sees the image as a classifier does; 'random': as official.
+  c.model.eps_init = 'random'
 
   # ---- diffusion ----
   c.diffusion = ml_collections.ConfigDict()
@@ -94,6 +97,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.min_lr = 0.0
   c.train.grad_clip = 1.0  # Global-norm clip on epsilon-network gradients.
   c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
+  # Prior dropout: each training image's DCG prior (in the forward process and as the network's
+  # input) is replaced with this probability by the uniform prior ('uniform') or by another
+  # image's prior of the batch ('shuffle'), so the noise cannot be predicted from the prior alone.
+  # 0: as official.
+  c.train.prior_dropout = 0.0
+  c.train.prior_dropout_to = 'uniform'
   c.train.eval_with_ema = True  # Evaluate with the EMA params (the official code never does).
   c.train.log_every_steps = 50
   # Saves for resume (the last max_to_keep kept) come at each stage end, on SIGTERM/SIGINT, every

@@ -205,6 +205,9 @@ def _stage_2_joint(run: _Run) -> None:
   """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
   a resumed run draws the noise and timesteps an uninterrupted run drew."""
   key = train_state.keys(run.config.seed)['train']
+  if run.config.model.get('eps_init', 'random') == 'dcg' and run.step == run.pre_steps:
+    run.state = train_state.eps_encoder_from_dcg(run.state)
+    logging.info('epsilon-network encoder: a copy of the trained DCG global trunk')
   _train(run, 'stage 2 (joint)', run.pre_steps, run.total,
          lambda state, batch, step: run.joint(state, batch, jax.random.fold_in(key, step)))
 
