@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffmic_jax import config_check  # noqa: E402
+from diffmic_jax import calibration, config_check  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Config file (configs/*.py[:arg]).',
                                 lock_config=True)
@@ -103,23 +103,8 @@ def summarise(results: list[dict]) -> dict:
       vals = [r[who][m] for r in results if r[who][m] is not None]
       out[who][m] = _stats(vals)
   if all('calibration' in r for r in results):
-    out['calibration'] = summarise_calibration([r['calibration'] for r in results])
+    out['calibration'] = calibration.over_seeds([r['calibration'] for r in results])
   return out
-
-
-def summarise_calibration(cals: list[dict]) -> dict:
-  """Mean and std over seeds of each probability's ECE / NLL / Brier / AUC and each
-  uncertainty's AURC, half accuracies and range (calibration.assess)."""
-  probs = {k: {m: _stats([c['probabilities'][k][m] for c in cals])
-               for m in ('accuracy', 'ece', 'nll', 'brier', 'auc_ovr_macro')}
-           for k in cals[0]['probabilities']}
-  unc = {k: {**{m: _stats([c['uncertainty'][k][m] for c in cals])
-                for m in ('aurc', 'accuracy_certain_half', 'accuracy_uncertain_half')},
-             **{f'spread_{m}': _stats([c['uncertainty'][k]['spread'][m] for c in cals])
-                for m in ('min', 'median', 'max')}}
-         for k in cals[0]['uncertainty']}
-  return {'temperature': _stats([c['temperature'] for c in cals]), 'probabilities': probs,
-          'uncertainty': unc}
 
 
 def print_calibration(cal: dict, split: str) -> None:

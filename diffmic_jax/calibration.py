@@ -236,6 +236,25 @@ def assess(labels, sample_y0, dcg_prob, temperature: float) -> dict:
           'chosen': {'probabilities': PROBABILITIES, 'uncertainty': chosen}}
 
 
+def over_seeds(assessed: list[dict]) -> dict:
+  """Mean, sample std and values over runs (seeds) of `assess`'s numbers."""
+  def agg(vals):
+    return {'mean': float(np.mean(vals)), 'values': [float(v) for v in vals],
+            'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+
+  first = assessed[0]
+  return {
+      'temperature': agg([a['temperature'] for a in assessed]),
+      'probabilities': {k: {m: agg([a['probabilities'][k][m] for a in assessed])
+                            for m in ('accuracy', 'ece', 'nll', 'brier', 'auc_ovr_macro')}
+                        for k in first['probabilities']},
+      'uncertainty': {k: {**{m: agg([a['uncertainty'][k][m] for a in assessed])
+                             for m in ('aurc', 'accuracy_certain_half', 'accuracy_uncertain_half')},
+                          **{f'spread_{m}': agg([a['uncertainty'][k]['spread'][m] for a in assessed])
+                             for m in ('min', 'median', 'max')}}
+                      for k in first['uncertainty']}}
+
+
 def save_temperature(path, temperature: float, **meta) -> None:
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,9 @@ def test_predict_new_images_without_a_dataset(run, data_root):
     mean = [float(row[f'mean_p_{k}']) for k in range(5)]
     votes = [float(row[f'vote_p_{k}']) for k in range(5)]
     assert row['label'] == '' and abs(sum(probs) - 1) < 1e-4 and abs(sum(votes) - 1) < 1e-6
-    assert np.argmax(probs) == np.argmax(mean)  # The temperature keeps the argmax.
+    top = sorted(probs)
+    if top[-1] - top[-2] > 2e-6:  # Resolved at the CSV's 6 decimals: the temperature keeps it.
+      assert np.argmax(probs) == np.argmax(mean)
     assert int(row['pred']) in range(5) and 0 <= float(row['uncertainty']) <= 1
     assert 0 <= float(row['ttest_p']) <= 1 and float(row['interval_width']) >= 0
   overlays = sorted(p.name for p in (folder / 'saliency').iterdir())
