@@ -114,3 +114,17 @@ def test_temperature_file_round_trip_and_bad_values(tmp_path):
   path.write_text('{"temperature": -1}')
   with pytest.raises(ValueError, match='step_7.json: temperature must be a positive number'):
     calibration.load_temperature(path)
+
+
+def test_over_seeds_gives_mean_and_sample_std():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 50)
+  runs = [calibration.assess(labels, np.eye(3)[labels][None] + rng.normal(0, s, (4, 50, 3)),
+                             np.full((50, 3), 1 / 3), t) for s, t in ((0.5, 0.3), (1.0, 0.6))]
+  got = calibration.over_seeds(runs)
+  assert got['temperature'] == {'mean': pytest.approx(0.45), 'std': pytest.approx(0.15 * math.sqrt(2)),
+                                'values': [0.3, 0.6]}
+  aurc = [r['uncertainty']['ttest_p']['aurc'] for r in runs]
+  assert got['uncertainty']['ttest_p']['aurc']['mean'] == pytest.approx(np.mean(aurc))
+  assert got['probabilities']['vote']['nll']['std'] == pytest.approx(
+      np.std([r['probabilities']['vote']['nll'] for r in runs], ddof=1))
