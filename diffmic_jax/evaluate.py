@@ -199,12 +199,16 @@ def temperature_path(workdir: str, step: int) -> epath.Path:
 
 
 def fitted_temperature(config, predict, mesh, state, workdir: str, step: int) -> dict:
-  """{'temperature', ...} of checkpoint `step`: the saved one unless config.eval.refit_temperature,
-  else fitted on config.data.val_split with the test chain and saved (when the workdir is
-  writable). Without a validation split, T = 1: the official read-out."""
+  """{'temperature', ...} of checkpoint `step` under config.eval's chain.
+
+  The saved one, unless config.eval.refit_temperature or it was fitted with another chain or
+  number of samples; else fitted on config.data.val_split and saved when nothing was saved (and
+  the workdir is writable). Without a validation split, T = 1: the official read-out.
+  """
   path = temperature_path(workdir, step)
-  saved = None if config.eval.refit_temperature else calibration.load_temperature(path)
-  if saved is not None:
+  sampler = _test_spec(config).describe(config.diffusion.timesteps)
+  saved = calibration.load_temperature(path)
+  if saved is not None and saved.get('sampler') == sampler and not config.eval.refit_temperature:
     return saved
   val = config.data.val_split
   if not val:
@@ -212,16 +216,15 @@ def fitted_temperature(config, predict, mesh, state, workdir: str, step: int) ->
   pred = _sample(config, predict, mesh, state, _eval_batches(config, val),
                  data.num_examples(config.data, val), f'calibrate on {val}')
   mean_prob = calibration.per_image(pred['sample_y0'], 1.0)['mean_prob']
-  saved = {'temperature': calibration.fit_temperature(pred['label'], mean_prob), 'fitted_on': val,
-           'n': int(len(pred['label'])), 'step': int(step),
-           'sampler': _test_spec(config).describe(config.diffusion.timesteps)}
-  if jax.process_index() == 0:
+  fitted = {'temperature': calibration.fit_temperature(pred['label'], mean_prob), 'fitted_on': val,
+            'n': int(len(pred['label'])), 'step': int(step), 'sampler': sampler}
+  logging.info('temperature %.4f fitted on %s (n = %d)', fitted['temperature'], val, fitted['n'])
+  if jax.process_index() == 0 and (saved is None or config.eval.refit_temperature):
     try:
-      calibration.save_temperature(path, **saved)
+      calibration.save_temperature(path, **fitted)
     except OSError as e:  # A read-only workdir: the reports still record the temperature used.
       logging.warning('could not save the temperature to %s: %s', path, e)
-  logging.info('temperature %.4f fitted on %s (n = %d)', saved['temperature'], val, saved['n'])
-  return saved
+  return fitted
 
 
 def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None,
@@ -398,6 +401,9 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   if saved is None:
     logging.warning('no temperature saved for step %d under %s: probabilities use T = 1 (the '
                     'official read-out); `--mode=evaluate` fits and saves it', r.step, workdir)
+  elif saved.get('sampler') != _test_spec(config).describe(config.diffusion.timesteps):
+    logging.warning('the saved temperature was fitted with %s; this prediction samples otherwise',
+                    saved.get('sampler'))
   temperature = 1.0 if saved is None else saved['temperature']
   result = {'n': int(len(pred['index'])), 'checkpoint': r.description, 'temperature': temperature}
   if jax.process_index() == 0:
