@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 6144  # Epsilon-network width (encoder projection and hidden layers).
   c.model.prior_input = 'fused'  # 'fused': [y_t, y_hat] (code); 'global_local': [y_t, y_g, y_l] (paper).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU halves activation memory).
+  # Train-mode ResNet blocks recomputed in the backward pass, for memory: 'none', 'conv_outputs'
+  # (keep the convolutions' outputs, recompute BatchNorm and ReLU) or 'blocks' (keep only each
+  # block's input). Values and gradients are the same; see docs/benchmarks.md, Memory.
+  c.model.remat = 'none'
   # Converted ImageNet weights (diffmic-convert-weights) for both DCG trunks; None: random init.
   c.model.pretrained = config_dict.placeholder(str)
   c.model.eps_pretrained = config_dict.placeholder(str)  # Its encoder's; None, as official.
@@ -131,6 +135,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.refit_temperature = False
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
   c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
+  # predict --input: leave out images that cannot be read, listed in skipped.txt beside the CSV.
+  c.eval.skip_unreadable = False
   return c
 
 

@@ -99,6 +99,7 @@ RULES = {
     'model.feature_dim': positive,
     'model.prior_input': one_of(PRIOR_INPUTS),
     'model.dtype': one_of(DTYPES),
+    'model.remat': one_of(resnet.REMAT_CHOICES),
     'diffusion.timesteps': positive,
     'diffusion.beta_schedule': one_of(BETA_SCHEDULES),
     'diffusion.beta_start': lambda v: (_number(v) and 0 < v < 1, 'a number in (0, 1)'),
@@ -136,6 +137,7 @@ RULES = {
     'eval.splits': splits,
     'eval.save_saliency': boolean,
     'eval.refit_temperature': boolean,
+    'eval.skip_unreadable': boolean,
 }
 
 

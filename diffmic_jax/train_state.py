@@ -88,10 +88,11 @@ def build_models(config, steps_per_epoch: int) -> Models:
   dcg = DCG(config.num_classes, backbone=m.dcg_backbone, small_stem=m.small_stem,
             width=m.width, num_rois=m.num_rois, top_t_percent=m.top_t_percent,
             attention_dim=m.attention_dim, crop_first_channel=m.crop_first_channel, dtype=dtype,
-            cpu_tuning=cpu)
+            cpu_tuning=cpu, remat=m.remat)
   eps = EpsilonNet(config.num_classes, num_timesteps=config.diffusion.timesteps,
                    feature_dim=m.feature_dim, backbone=m.eps_backbone, small_stem=m.small_stem,
-                   width=m.width, prior_input=m.prior_input, dtype=dtype, cpu_tuning=cpu)
+                   width=m.width, prior_input=m.prior_input, dtype=dtype, cpu_tuning=cpu,
+                   remat=m.remat)
   total = max(1, t.epochs * steps_per_epoch)
   warmup = min(t.warmup_epochs * steps_per_epoch, total - 1)
   # Linear warm-up 0 -> lr, then half-cosine to min_lr at the last step (the official per-iteration
