@@ -27,7 +27,8 @@ from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from diffmic_jax import (browse, checkpoint, data, metrics, parallel, preemption, report,
+from diffmic_jax import (browse, calibration, checkpoint, data, metrics, parallel, preemption,
+                         report,
                          sampling, train_state)
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of, data_source
@@ -57,15 +58,18 @@ def uses_ema(config) -> bool:
   return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
 
 
-def sample_from_features(models: Models, spec: SamplerSpec, eps_vars, feats, priors, key):
-  """The diffusion's (M, B, K) sampled probabilities, from the epsilon network's encoder features
-  and the DCG's priors (y_hat, y_hat_g, y_hat_l): the reverse chain runs only the head."""
+def sample_from_features(models: Models, spec: SamplerSpec, eps_vars, feats, priors, key,
+                         y0: bool = False):
+  """The diffusion's (M, B, K) sampled probabilities (with y0, the sampled y_0 themselves), from
+  the epsilon network's encoder features and the DCG's priors (y_hat, y_hat_g, y_hat_l): the
+  reverse chain runs only the head."""
   y_hat, y_hat_g, y_hat_l = priors
   cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
   head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
                                                 method=EpsilonNet.head)
-  return sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key, method=spec.method,
-                               num_steps=spec.num_steps, num_samples=spec.num_samples)
+  sample = sampling.sample_y0 if y0 else sampling.sample_probs
+  return sample(models.schedule, head, feats, cond, y_hat, key, method=spec.method,
+                num_steps=spec.num_steps, num_samples=spec.num_samples)
 
 
 def make_predict_fn(models: Models, spec: SamplerSpec):
@@ -78,8 +82,9 @@ def make_predict_fn(models: Models, spec: SamplerSpec):
     out = models.dcg.apply(dcg_vars, x, train=False)
     priors = dcg_priors(out)
     feats = models.eps.apply(eps_vars, x, False, method=EpsilonNet.encode)
-    probs = sample_from_features(models, spec, eps_vars, feats, priors, key)
-    return {'dcg_prob': priors[0], 'sample_probs': probs, 'saliency': out['saliency'],
+    y0 = sample_from_features(models, spec, eps_vars, feats, priors, key, y0=True)
+    return {'dcg_prob': priors[0], 'sample_probs': jax.nn.softmax(y0, -1), 'sample_y0': y0,
+            'saliency': out['saliency'],
             'roi_boxes': out['roi_boxes'], 'attention': out['attention']}
 
   return jax.jit(predict)
@@ -92,6 +97,9 @@ def _gather(tree: dict) -> dict:
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+_PER_SAMPLE = ('sample_probs', 'sample_y0')  # (M, N, K): the examples lie on axis 1.
+
+
 def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
                   keep_saliency: bool = False, progress=None, stop=None) -> dict:
   """Runs `predict_fn` over an eval iterable; returns host arrays ordered by example index.
@@ -100,39 +108,44 @@ def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
   within one batch, by raising preemption.Interrupted, instead of after the whole split.
 
   Returns:
-    {'index' (N,), 'label' (N,), 'dcg_prob' (N, K), 'sample_probs' (M, N, K)} and, with
-    keep_saliency, 'saliency', 'roi_boxes', 'attention'.
+    {'index' (N,), 'label' (N,), 'dcg_prob' (N, K), 'sample_probs' (M, N, K)}, 'sample_y0'
+    (M, N, K) when predict_fn gives it, and, with keep_saliency, 'saliency', 'roi_boxes',
+    'attention'.
   """
-  keys = ['dcg_prob', 'sample_probs'] + (['saliency', 'roi_boxes', 'attention'] if keep_saliency else [])
+  keys = ['dcg_prob', 'sample_probs', 'sample_y0'] + (['saliency', 'roi_boxes', 'attention']
+                                                      if keep_saliency else [])
   parts = []
   for i, local in enumerate(eval_batches):
     if stop is not None and (signum := stop()):
       raise preemption.Interrupted(signum)
     batch = parallel.global_batch(local, mesh)
     out = predict_fn(dcg_vars, eps_vars, batch['image'], jax.random.fold_in(key, i))
-    host = _gather({**{k: out[k] for k in keys},
+    host = _gather({**{k: out[k] for k in keys if k in out},
                     **{k: batch[k] for k in ('label', 'mask', 'index')}})
     m = host.pop('mask').astype(bool)
-    host['sample_probs'] = host['sample_probs'][:, m]
-    parts.append({k: (v if k == 'sample_probs' else v[m]) for k, v in host.items()})
+    for k in set(_PER_SAMPLE) & set(host):
+      host[k] = host[k][:, m]
+    parts.append({k: (v if k in _PER_SAMPLE else v[m]) for k, v in host.items()})
     if progress is not None:
       progress.update(int(m.sum()))
   if not parts:
     raise ValueError('the evaluation split yielded no batches')
-  merged = {k: np.concatenate([p[k] for p in parts], axis=1 if k == 'sample_probs' else 0)
+  merged = {k: np.concatenate([p[k] for p in parts], axis=1 if k in _PER_SAMPLE else 0)
             for k in parts[0]}
   order = np.argsort(merged['index'], kind='stable')
-  merged = {k: (v[:, order] if k == 'sample_probs' else v[order]) for k, v in merged.items()}
+  merged = {k: (v[:, order] if k in _PER_SAMPLE else v[order]) for k, v in merged.items()}
   if len(np.unique(merged['index'])) != len(merged['index']):
     raise AssertionError('an evaluation example was counted twice')
   return merged
 
 
-def split_results(pred: dict, num_classes: int, split: str, protocol: str) -> dict:
-  """Whole-split metrics for the DCG alone, the diffusion's mean probability and its vote."""
+def split_results(pred: dict, num_classes: int, split: str, protocol: str,
+                  temperature: float | None = None) -> dict:
+  """Whole-split metrics for the DCG alone, the diffusion's mean probability and its vote; with a
+  temperature, also every calibrated probability and uncertainty (calibration.assess)."""
   summary = metrics.summarize_samples(pred['sample_probs'])
   labels = pred['label']
-  return {
+  out = {
       'split': split,
       'protocol': protocol,
       'n': int(len(labels)),
@@ -142,6 +155,10 @@ def split_results(pred: dict, num_classes: int, split: str, protocol: str) -> di
                                              pred=summary['vote']),
       'mean_uncertainty': float(np.mean(summary['uncertainty'])),
   }
+  if temperature is not None:
+    out['calibration'] = calibration.assess(labels, pred['sample_y0'], pred['dcg_prob'],
+                                            temperature)
+  return out
 
 
 def _eval_batches(config, split: str):
@@ -207,21 +224,58 @@ def _classify(clf, batches, total: int, desc: str, keep_saliency: bool = False,
     return clf.run(batches, keep_saliency=keep_saliency, progress=bar, stop=stop)
 
 
-def _evaluate_split(config, clf, split: str, keep_saliency: bool = False,
-                    stop=None) -> tuple[dict, dict]:
+def temperature_path(workdir: str, step: int) -> epath.Path:
+  """Where the temperature of checkpoint `step` is kept, beside the run's checkpoints."""
+  return epath.Path(workdir) / 'calibration' / f'step_{step}.json'
+
+
+def fitted_temperature(config, clf, workdir: str, step: int, stop=None) -> dict:
+  """{'temperature', ...} of checkpoint `step` under config.eval's chain.
+
+  The saved one, unless config.eval.refit_temperature or it was fitted with another chain or
+  number of samples; else fitted on config.data.val_split and saved when nothing was saved (and
+  the workdir is writable). Without a validation split, T = 1: the official read-out.
+  """
+  path = temperature_path(workdir, step)
+  sampler = clf.spec.describe(config.diffusion.timesteps)
+  saved = calibration.load_temperature(path)
+  if saved is not None and saved.get('sampler') == sampler and not config.eval.refit_temperature:
+    return saved
+  val = config.data.val_split
+  if not val:
+    return {'temperature': 1.0, 'fitted_on': None}
+  pred = _classify(clf, _eval_batches(config, val), data.num_examples(config.data, val),
+                   f'calibrate on {val}', stop=stop)
+  mean_prob = calibration.per_image(pred['sample_y0'], 1.0)['mean_prob']
+  fitted = {'temperature': calibration.fit_temperature(pred['label'], mean_prob), 'fitted_on': val,
+            'n': int(len(pred['label'])), 'step': int(step), 'sampler': sampler}
+  logging.info('temperature %.4f fitted on %s (n = %d)', fitted['temperature'], val, fitted['n'])
+  if jax.process_index() == 0 and (saved is None or config.eval.refit_temperature):
+    try:
+      calibration.save_temperature(path, **fitted)
+    except OSError as e:  # A read-only workdir: the reports still record the temperature used.
+      logging.warning('could not save the temperature to %s: %s', path, e)
+  return fitted
+
+
+def _evaluate_split(config, clf, split: str, temperature: float | None = None,
+                    keep_saliency: bool = False, stop=None) -> tuple[dict, dict]:
   """(whole-split results, per-image host arrays) of the classifier on `split`; nothing written."""
   pred = _classify(clf, _eval_batches(config, split), data.num_examples(config.data, split),
                    f'sample {split}', keep_saliency, stop)
-  return split_results(pred, config.num_classes, split, clf.protocol()), pred
+  return split_results(pred, config.num_classes, split, clf.protocol(), temperature), pred
 
 
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str, stop=None) -> dict:
-  """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports."""
+def evaluate_splits(config, workdir, models, mesh, state, chosen: str, step: int,
+                    stop=None) -> dict:
+  """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports, with
+  the temperature of checkpoint `step` fitted on validation first."""
   from diffmic_jax.inference import Classifier  # It builds on this module.
-  clf = Classifier(config, models, mesh, state, step=int(state.step), description=chosen)
+  clf = Classifier(config, models, mesh, state, step=step, description=chosen)
+  t = fitted_temperature(config, clf, workdir, step, stop)['temperature']
   out = {}
   for split in config.eval.splits:
-    res, _ = _evaluate_split(config, clf, split, stop=stop)
+    res, _ = _evaluate_split(config, clf, split, t, stop=stop)
     if jax.process_index() == 0:
       paths = report.write_report(res, str(epath.Path(workdir) / 'reports'), split)
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
@@ -334,16 +388,17 @@ def evaluate_checkpoint(config, workdir: str, which: str = 'best',
   """
   from diffmic_jax.inference import Classifier, Prediction  # They build on this module.
   clf = Classifier.from_workdir(workdir, which, config)
+  t = fitted_temperature(config, clf, workdir, clf.step)['temperature']
   results, per_image = {}, {}
   for split in config.eval.splits:
-    results[split], per_image[split] = _evaluate_split(config, clf, split, keep_saliency=True)
+    results[split], per_image[split] = _evaluate_split(config, clf, split, t, keep_saliency=True)
   if jax.process_index() == 0:
     for split, res in results.items():
       out = claim_dir(output_dir or workdir, 'eval', clf.step, split)
       _write_config(config, out)
       paths = report.write_report(res, str(out), 'report')
       _, records, ids, _, _, _ = _prediction_input(config, split, None)
-      browse.write_page(out, Prediction.from_samples(per_image[split], ids, labelled=True),
+      browse.write_page(out, Prediction.from_samples(per_image[split], ids, True, t),
                         records, config.image_size, title=f'{split}: {clf.description}',
                         results=res, figures={k: epath.Path(paths[k]).name
                                               for k in ('confusion', 'reliability')})
@@ -392,9 +447,15 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   from diffmic_jax.inference import Classifier, Prediction  # They build on this module.
   source, records, ids, labelled, batches, skipped = _prediction_input(config, split, input_path)
   clf = Classifier.from_workdir(workdir, which, config)
+  if clf.temperature_fitted is None:
+    logging.warning('no temperature saved for step %d under %s: probabilities use T = 1 (the '
+                    'official read-out); `--mode=evaluate` fits and saves it', clf.step, workdir)
+  elif clf.temperature_fitted.get('sampler') != clf.spec.describe(config.diffusion.timesteps):
+    logging.warning('the saved temperature was fitted with %s; this prediction samples otherwise',
+                    clf.temperature_fitted.get('sampler'))
   sampled = _classify(clf, batches, len(ids), f'predict {source}', keep_saliency=True)
-  pred = Prediction.from_samples(sampled, ids, labelled)
-  result = {'n': len(pred), 'checkpoint': clf.description}
+  pred = Prediction.from_samples(sampled, ids, labelled, clf.temperature)
+  result = {'n': len(pred), 'checkpoint': clf.description, 'temperature': clf.temperature}
   if jax.process_index() == 0:
     out = claim_dir(output_dir or workdir, 'predict', clf.step, source)
     _write_config(config, out)
@@ -403,9 +464,12 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
       (out / 'skipped.txt').write_text('\n'.join(skipped) + '\n')
       logging.warning('left out %d unreadable images, listed in %s', len(skipped),
                       out / 'skipped.txt')
-    report.write_predictions_csv(result['csv'], pred.ids, pred.labels, pred.probs, pred.pred,
-                                 pred.uncertainty, pred.dcg_probs,
-                                 vote_agreement=pred.vote_agreement)
+    report.write_predictions_csv(
+        result['csv'], pred.ids, pred.labels, pred.probs, pred.pred, pred.uncertainty,
+        pred.dcg_probs, vote_agreement=pred.vote_agreement,
+        extra={'interval_width': pred.interval_width, 'ttest_p': pred.ttest_p,
+               **{f'vote_p_{c}': pred.votes[:, c] for c in range(config.num_classes)},
+               **{f'mean_p_{c}': pred.mean_probs[:, c] for c in range(config.num_classes)}})
     if config.eval.save_saliency:
       _save_overlays(config, records, ids, sampled, {'vote': pred.pred}, labelled,
                      out / 'saliency', config.eval.max_saliency_images)

@@ -38,12 +38,23 @@ def summarize(sample_probs):
   counts = jax.nn.one_hot(jnp.argmax(sample_probs, -1), k).sum(0)
   tied = counts == counts.max(-1, keepdims=True)
   vote = jnp.argmax(jnp.where(tied, mean_prob, -jnp.inf), -1)
-  p = jnp.clip(mean_prob, 1e-12, 1.0)
-  p = p / p.sum(-1, keepdims=True)
-  entropy = -(p * jnp.log(p)).sum(-1) / np.log(k) if k > 1 else jnp.zeros(p.shape[:-1])
   return {'probs': mean_prob, 'pred': vote.astype(jnp.int32),
           'vote_agreement': jnp.take_along_axis(counts, vote[:, None], 1)[:, 0] / m,
-          'uncertainty': jnp.clip(entropy, 0.0, 1.0)}
+          'uncertainty': _entropy(mean_prob)}
+
+
+def _entropy(probs):
+  k = probs.shape[-1]
+  p = jnp.clip(probs, 1e-12, 1.0)
+  p = p / p.sum(-1, keepdims=True)
+  entropy = -(p * jnp.log(p)).sum(-1) / np.log(k) if k > 1 else jnp.zeros(p.shape[:-1])
+  return jnp.clip(entropy, 0.0, 1.0)
+
+
+def tempered(probs, temperature: float):
+  """`calibration.tempered` in jnp: softmax(log p / T)."""
+  p = jnp.clip(probs, 1e-12, None)
+  return jax.nn.softmax(jnp.log(p / p.sum(-1, keepdims=True)) / temperature, -1)
 
 
 def inference_fn(clf):
@@ -55,7 +66,10 @@ def inference_fn(clf):
   def infer(images, seed, batch):
     key = jax.random.fold_in(train_state.keys.__wrapped__(seed)['eval'], batch)  # Uncached: traced.
     out = predict(dcg_vars, eps_vars, images, key)
-    return {**summarize(out['sample_probs']), 'dcg_probs': out['dcg_prob'],
+    read_out = summarize(out['sample_probs'])
+    probs = tempered(read_out['probs'], clf.temperature)  # The classifier's fitted temperature.
+    read_out.update(mean_probs=read_out['probs'], probs=probs, uncertainty=_entropy(probs))
+    return {**read_out, 'dcg_probs': out['dcg_prob'],
             'saliency': out['saliency'], 'roi_boxes': out['roi_boxes'],
             'attention': out['attention'], 'sample_probs': out['sample_probs']}
 
@@ -99,6 +113,7 @@ def metadata(clf, exported: jax.export.Exported) -> dict:
                   'num_samples': clf.spec.num_samples,
                   'description': clf.spec.describe(config.diffusion.timesteps)},
       'seed': int(config.seed),
+      'temperature': clf.temperature,
       'call': ('model.call(images uint8 (b, S, S, 3), np.uint32(seed), np.uint32(batch)): '
                'batch i of Classifier.predict is seed = the seed here, batch = i, on images '
                'padded to input.batch_size'),

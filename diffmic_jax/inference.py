@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from diffmic_jax import evaluate, metrics, parallel, run_config, train_state
+from diffmic_jax import calibration, evaluate, metrics, parallel, run_config, train_state
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of
 from diffmic_jax.data.examples import Example
@@ -37,6 +37,11 @@ class Prediction:
     attention: (N, R) its gated attention over the boxes.
     vote_agreement: (N,) fraction of samples that agree with `pred`.
     sample_probs: (M, N, K) each sample's probabilities, for measures beyond these.
+    mean_probs: (N, K) the official read-out, the mean of the samples' softmax; `probs` is it
+      tempered by the run's fitted temperature (identical at T = 1).
+    votes: (N, K) the vote distribution of the samples.
+    interval_width: (N,) width of the predicted class's y_0 interval over the samples (CARD).
+    ttest_p: (N,) t-test p-value between the two most voted classes (CARD).
     ids: N names (file paths, or the position of an in-memory image).
     labels: (N,) true classes where known, else None.
     index: (N,) positions in the input.
@@ -53,6 +58,10 @@ class Prediction:
   ids: list = dataclasses.field(default_factory=list)
   labels: np.ndarray | None = None
   index: np.ndarray | None = None
+  mean_probs: np.ndarray | None = None
+  votes: np.ndarray | None = None
+  interval_width: np.ndarray | None = None
+  ttest_p: np.ndarray | None = None
 
   @property
   def dcg_pred(self) -> np.ndarray:
@@ -62,11 +71,15 @@ class Prediction:
     return len(self.pred)
 
   @classmethod
-  def from_samples(cls, sampled: dict, ids=None, labelled: bool = False) -> 'Prediction':
+  def from_samples(cls, sampled: dict, ids=None, labelled: bool = False,
+                   temperature: float = 1.0) -> 'Prediction':
     """From `evaluate.predict_split`'s host arrays (rows ordered by input index)."""
     summary = metrics.summarize_samples(sampled['sample_probs'])
-    return cls(probs=summary['mean_prob'], pred=summary['vote'],
-               uncertainty=summary['uncertainty'], dcg_probs=sampled['dcg_prob'],
+    img = calibration.per_image(sampled['sample_y0'], temperature)
+    return cls(probs=img['probs'], pred=summary['vote'],
+               uncertainty=img['uncertainty'], dcg_probs=sampled['dcg_prob'],
+               mean_probs=img['mean_prob'], votes=img['votes'],
+               interval_width=img['interval_width'], ttest_p=img['ttest_p'],
                saliency=sampled.get('saliency'), roi_boxes=sampled.get('roi_boxes'),
                attention=sampled.get('attention'), vote_agreement=summary['vote_agreement'],
                sample_probs=sampled['sample_probs'],
@@ -115,8 +128,11 @@ class Classifier:
   """
 
   def __init__(self, config, models, mesh, state, *, step: int, description: str,
-               spec: evaluate.SamplerSpec | None = None):
+               spec: evaluate.SamplerSpec | None = None, temperature_fitted: dict | None = None):
     self.config, self.models, self.mesh = config, models, mesh
+    # The temperature `--mode=evaluate` fitted on validation for this checkpoint; T = 1 if none.
+    self.temperature_fitted = temperature_fitted
+    self.temperature = 1.0 if temperature_fitted is None else temperature_fitted['temperature']
     self.step, self.description = int(step), description
     self.spec = spec or evaluate.SamplerSpec(config.eval.sampler, config.eval.num_steps,
                                              config.eval.num_samples)
@@ -136,7 +152,9 @@ class Classifier:
     """
     config = run_config.load(workdir) if config is None else config
     r = evaluate.restore(config, str(workdir), str(checkpoint))
-    return cls(config, r.models, r.mesh, r.state, step=r.step, description=r.description)
+    fitted = calibration.load_temperature(evaluate.temperature_path(str(workdir), r.step))
+    return cls(config, r.models, r.mesh, r.state, step=r.step, description=r.description,
+               temperature_fitted=fitted)
 
   @property
   def num_classes(self) -> int:
@@ -195,4 +213,4 @@ class Classifier:
     """
     listed = _listed(images)
     sampled = self.run(self.batches_of(listed), keep_saliency=saliency)
-    return Prediction.from_samples(sampled, listed.ids)
+    return Prediction.from_samples(sampled, listed.ids, temperature=self.temperature)
