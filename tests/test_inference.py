@@ -46,9 +46,18 @@ def test_exported_read_out_is_the_host_read_out():
 # ---- slow: on the trained run ----
 
 @pytest.fixture(scope='module')
-def clf(demo_run):
+def workdir(demo_run) -> pathlib.Path:
+  """The demo run without its fitted temperature: the tiny model's T flattens every uncertainty to
+  1, and the page's sorting needs uncertainties that differ."""
+  copy = demo_run['base'] / 'inference_run'
+  shutil.copytree(demo_run['workdir'], copy, ignore=shutil.ignore_patterns('calibration'))
+  return copy
+
+
+@pytest.fixture(scope='module')
+def clf(workdir):
   from diffmic_jax import Classifier
-  return Classifier.from_workdir(str(demo_run['workdir']), checkpoint='best')
+  return Classifier.from_workdir(str(workdir), checkpoint='best')
 
 
 @pytest.fixture(scope='module')
@@ -76,10 +85,10 @@ def _csv(path) -> list[dict]:
 
 
 @pytest.fixture(scope='module')
-def predicted(demo_run, photos) -> dict:
+def predicted(demo_run, workdir, photos) -> dict:
   """`--mode=predict --input=listed.csv`: its folder and rows."""
   out = demo_run['base'] / 'inference_predict'
-  r = run_main('--mode=predict', f'--workdir={demo_run["workdir"]}',
+  r = run_main('--mode=predict', f'--workdir={workdir}',
                f'--input={photos / "listed.csv"}', f'--output_dir={out}')
   assert r.returncode == 0, r.stderr[-4000:]
   folder = out / 'predict' / f'step_{demo_run["best_step"]}' / 'listed'
@@ -134,11 +143,11 @@ def _jax_only(code: str, cwd) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope='module')
-def exported(demo_run) -> pathlib.Path:
+def exported(demo_run, workdir) -> pathlib.Path:
   """The README's `--mode=export` command on the demo run, into a folder of its own."""
   args = _readme_block(EXPORT_SECTION, fence='').split()[3:]  # After `python -m diffmic_jax.main`.
   out = demo_run['base'] / 'inference_export'
-  r = run_main(*[a.replace('/tmp/diffmic_demo', str(demo_run['workdir'])) for a in args],
+  r = run_main(*[a.replace('/tmp/diffmic_demo', str(workdir)) for a in args],
                f'--output_dir={out}')
   assert r.returncode == 0, r.stderr[-4000:]
   return out / 'export' / f'step_{demo_run["best_step"]}' / 'model'
@@ -181,13 +190,13 @@ print(sorted(sys.modules.keys() & {{'diffmic_jax', 'flax', 'optax'}}))
 
 
 @pytest.mark.slow
-def test_readme_examples_run(demo_run, exported, photos, tmp_path):
+def test_readme_examples_run(workdir, exported, photos, tmp_path):
   """The README's API example and its load example (the export command ran in `exported`), with
   the demo run's paths."""
   for name, src in (('fundus_1.jpg', next(photos.glob('*.jpg'))), ('fundus_2.png',
                                                                   photos / 'wide.png')):
     shutil.copy(src, tmp_path / name)
-  api = _readme_block('### From Python').replace('/tmp/diffmic_demo', str(demo_run['workdir']))
+  api = _readme_block('### From Python').replace('/tmp/diffmic_demo', str(workdir))
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
   r = subprocess.run([sys.executable, '-c', api], cwd=tmp_path, env=env, capture_output=True,
                      text=True, timeout=300)
