@@ -94,7 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.min_lr = 0.0
   c.train.grad_clip = 1.0  # Global-norm clip on epsilon-network gradients.
   c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
-  c.train.eval_with_ema = True  # Evaluate with the EMA params (the official code never does).
+  # Evaluate with the EMA params. Off, as officially (its EMA is never used); the EMA is paired
+  # with the running BatchNorm statistics that the raw params collected.
+  c.train.eval_with_ema = False
   c.train.log_every_steps = 50
   # Saves for resume (the last max_to_keep kept) come at each stage end, on SIGTERM/SIGINT, every
   # checkpoint_every_minutes (None: never by time) and every checkpoint_every_steps (None: never).

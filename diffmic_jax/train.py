@@ -258,11 +258,16 @@ def _after_step(run: _Run, metrics: dict, bar: progress.StageBar, stop: int) -> 
 
 
 def _validates(run: _Run, step: int) -> bool:
-  """Validation after `step`: at both stage ends and every eval_every_epochs joint epochs."""
-  if step in (run.pre_steps, run.total):
+  return validates(step, run.pre_steps, run.total, run.spe, run.config.train.eval_every_epochs)
+
+
+def validates(step: int, pre_steps: int, total: int, spe: int, every: int) -> bool:
+  """Validation after `step`: at both stage ends and, as the official trainer's `epoch %
+  validation_freq == 0` on its 0-based epochs, after joint epochs 1, 1 + every, 1 + 2 every, ..."""
+  if step in (pre_steps, total):
     return True
-  epoch, rest = divmod(step - run.pre_steps, run.spe)
-  return step > run.pre_steps and rest == 0 and epoch % run.config.train.eval_every_epochs == 0
+  epoch, rest = divmod(step - pre_steps, spe)
+  return step > pre_steps and rest == 0 and (epoch - 1) % every == 0
 
 
 def _validate(run: _Run, step: int) -> None:
