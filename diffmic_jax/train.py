@@ -40,6 +40,11 @@ def partial_last_batch(config) -> bool:
   return (fixed is None or fixed <= 0) and jax.process_count() == 1
 
 
+def batches_per_epoch(n: int, batch_size: int, partial_last: bool) -> int:
+  """ceil(n / B) with the partial last batch, else whole batches only."""
+  return -(-n // batch_size) if partial_last else n // batch_size
+
+
 def steps_per_epoch(config) -> int:
   """config.train.steps_per_epoch if set, else batches per pass over the train split: ceil(n / B)
   with the partial last batch (one process), whole batches otherwise."""
@@ -49,7 +54,7 @@ def steps_per_epoch(config) -> int:
   if n < b:
     raise UserError(f'train split has {n} examples, fewer than one batch of '
                     f'{b}: lower train.batch_size or add images')
-  return -(-n // b) if partial_last_batch(config) else n // b
+  return batches_per_epoch(n, b, partial_last_batch(config))
 
 
 def initial_state(config, models: train_state.Models, mesh):

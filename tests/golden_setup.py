@@ -32,10 +32,10 @@ CHAIN_KEY = 11  # jax.random.key of the test chain's noise.
 DCG_STEPS = 3  # DCG optimizer steps compared.
 
 # The training trajectory: TRAJ_IMAGES train images in a fixed order, batches of TRAJ_BATCH (an
-# epoch is 4 + 2 images: the partial last batch), TRAJ_PRE_EPOCHS of DCG pre-training, then
+# epoch is 4 + 3 images: the partial last batch), TRAJ_PRE_EPOCHS of DCG pre-training, then
 # TRAJ_EPOCHS joint epochs with TRAJ_WARMUP warm-up epochs; step s draws its timesteps and noise
 # from fold_in(train_state.keys(TRAJ_SEED)['train'], s), as train.py does.
-TRAJ_IMAGES, TRAJ_BATCH = 6, 4
+TRAJ_IMAGES, TRAJ_BATCH = 7, 4
 TRAJ_PRE_EPOCHS, TRAJ_EPOCHS, TRAJ_WARMUP = 2, 12, 2
 TRAJ_SEED = 0
 TRAJ_LEAVES = ('out/kernel', 'layers_0/linear/kernel', 'project/kernel', 'encoder/conv1/kernel')

@@ -1,7 +1,7 @@
 """The port's training stages held to the official training loop's trajectory.
 
-tests/golden/trajectory.npz holds what the official loop computed from the golden weights on six
-fixed, non-augmented APTOS images in batches of 4 + 2 (tests/golden/README.md): per step the DCG's
+tests/golden/trajectory.npz holds what the official loop computed from the golden weights on seven
+fixed, non-augmented APTOS images in batches of 4 + 3 (tests/golden/README.md): per step the DCG's
 cross-entropy in pre-training, then per joint iteration the losses, the learning rate, the
 gradient norm before clipping, the DCG's cross-entropy, and parameter norms. Here train.py's
 compiled steps (the partial batch through the replicated-batch variant, as train.py runs it) go
@@ -12,6 +12,7 @@ official loop's own float32-vs-float64 drift on the same steps.
 import collections
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -26,12 +27,20 @@ DRIFT_FACTOR = 4  # port vs official float32: at most both runs' distance to flo
 @pytest.fixture(scope='module')
 def trajectories():
   want = gs.load('trajectory')
+  return port_trajectory(want), want
+
+
+def port_trajectory(want) -> dict:
+  """train.py's steps over the golden batches: {quantity: per-step values} as the file has them."""
   config = gs.trajectory_config()
   batches = gs.trajectory_batches(want['images'], want['labels'])
-  models = train_state.build_models(config, steps_per_epoch=len(batches))
+  spe = train.batches_per_epoch(gs.TRAJ_IMAGES, config.train.batch_size, partial_last=True)
+  assert spe == len(batches)
+  models = train_state.build_models(config, steps_per_epoch=spe)
   mesh = parallel.make_mesh(jax.devices()[:2])
-  state = jax.device_put(train_state.state_from_variables(
-      models, gs.dcg_variables(), gs.eps_variables()), parallel.replicated(mesh))
+  state = train_state.state_from_variables(models, gs.dcg_variables(), gs.eps_variables())
+  # Own buffers for every leaf (the EMA starts as the params): the steps donate the state.
+  state = jax.device_put(jax.tree.map(jnp.copy, state), parallel.replicated(mesh))
   steps = {False: train.compiled_steps(models, mesh),
            True: train.compiled_steps(models, mesh, replicated_batch=True)}
   key = train_state.keys(config.seed)['train']
@@ -58,14 +67,14 @@ def trajectories():
         got[f'{stage}/dcg_ce'].append(float(m['dcg_ce']))
         got[f'{stage}/dcg_norm'].append(norm(state.dcg.params))
         step += 1
-  return {k: np.asarray(v) for k, v in got.items()}, want
+  return {k: np.asarray(v) for k, v in got.items()}
 
 
 def test_same_quantities_and_steps(trajectories):
   got, want = trajectories
   keys = {k for k in want if k.startswith(('pre/', 'joint/'))}
   assert set(got) == keys
-  pre, joint = gs.TRAJ_PRE_EPOCHS * 2, gs.TRAJ_EPOCHS * 2  # 2 batches per epoch: 4 + 2 images.
+  pre, joint = gs.TRAJ_PRE_EPOCHS * 2, gs.TRAJ_EPOCHS * 2  # 2 batches per epoch: 4 + 3 images.
   assert all(len(v) == (pre if k.startswith('pre/') else joint) for k, v in want.items()
              if k in keys)
 
