@@ -127,6 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
   c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
+  # predict --input: leave out images that cannot be read, listed in skipped.txt beside the CSV.
+  c.eval.skip_unreadable = False
   return c
 
 

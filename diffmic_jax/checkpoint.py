@@ -7,18 +7,23 @@ resume); the checkpoint with the best validation score goes to `<workdir>/best`.
 never chooses a checkpoint.
 
 A checkpoint from another config (other K, other backbone, other T) is refused before Orbax sees
-it, with the fields that differ, instead of a shape error deep in a restore. This is the only file
-that imports Orbax.
+it, with the fields that differ, instead of a shape error deep in a restore. A checkpoint damaged
+on disk (a truncated or missing array file) is named, never deleted: a resume moves it to
+`<workdir>/damaged/` and falls back to the newest one that restores. This is the only file that
+imports Orbax.
 """
 
 import json
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from diffmic_jax.errors import UserError
 
@@ -30,6 +35,16 @@ SHAPE_FIELDS = ('num_classes', 'model.dcg_backbone', 'model.eps_backbone', 'mode
 
 class ConfigMismatchError(UserError, ValueError):
   """The checkpoint was written by a run whose model does not fit this config."""
+
+
+class DamagedCheckpointError(UserError, RuntimeError):
+  """A checkpoint's files are on disk but do not restore."""
+
+
+def _why(error: Exception) -> str:
+  """The first line of a restore error, short enough for a log line or an error message."""
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0][:300] if text else ""}'
 
 
 def _get(cfg: dict, dotted: str):
@@ -111,6 +126,66 @@ class Checkpointer:
     restored = self._manager(best).restore(step, args=ocp.args.Composite(**args))
     return restored['state'], meta
 
+  def restore_newest(self, abstract_state: Any, config, data_iter=None):
+    """(step, state, meta) of the newest periodic checkpoint that restores; None without any.
+
+    Each one that fails to restore is named in a warning and moved to `<workdir>/damaged/`, kept
+    for inspection, so that a later save of the same step cannot delete it; a run resumed from an
+    older step redoes the steps after it exactly. Raises DamagedCheckpointError when none restores.
+    """
+    damaged = []
+    for step in sorted(self.periodic.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state, config, data_iter)
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001  (TensorStore, Orbax and JSON raise many kinds)
+        logging.warning('checkpoint %s does not restore (%s); trying the one before it',
+                        self.path(step), _why(e))
+        damaged.append((step, e))
+        continue
+      self._set_aside([s for s, _ in damaged])
+      return step, state, meta
+    if damaged:
+      raise DamagedCheckpointError(
+          f'no checkpoint under {self.periodic.directory} restores: '
+          + '; '.join(f'step {s}: {_why(e)}' for s, e in damaged)
+          + f'; move {self.periodic.directory} aside to start afresh')
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves the damaged periodic checkpoints `steps` to <workdir>/damaged/<step>-<time>."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = epath.Path(self.workdir) / 'damaged'
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        to = aside / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
+        epath.Path(self.path(step)).rename(to)
+        logging.warning('moved the damaged checkpoint of step %d to %s (kept, not deleted)', step,
+                        to)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('damaged checkpoints set aside')
+    self.periodic.reload()
+
+  def damaged_message(self, step: int, best: bool, error: Exception) -> str:
+    """Names a checkpoint that does not restore and the steps whose files all read."""
+    readable = {name: [s for s in sorted(self._manager(b).all_steps()) if (s, b) != (step, best)
+                       and self._reads(s, b)] for name, b in (('periodic', False), ('best', True))}
+    listing = ', '.join(f'{name} {steps}' for name, steps in readable.items())
+    return (f'checkpoint {self.path(step, best)} does not restore ({_why(error)}); readable '
+            f'checkpoints: {listing}; pass --checkpoint=STEP to use one')
+
+  def _reads(self, step: int, best: bool) -> bool:
+    """Whether every array of a checkpoint restores (as saved, onto this host)."""
+    try:
+      self._manager(best).restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    except Exception:  # noqa: BLE001
+      return False
+    return True
+
   def wait(self) -> None:
     self.periodic.wait_until_finished()
     self.best.wait_until_finished()
@@ -126,8 +201,13 @@ def check_workdir(config, workdir: str) -> None:
     return
   ckpt = Checkpointer(workdir, read_only=True)
   try:
-    if (step := ckpt.latest_step()) is not None:
-      check_compatible(ckpt.read_meta(step)['config'], _config_dict(config), ckpt.path(step))
+    for step in sorted(ckpt.periodic.all_steps(), reverse=True):
+      try:
+        meta = ckpt.read_meta(step)
+      except Exception:  # noqa: BLE001  A damaged one: the resume names it and falls back.
+        continue
+      check_compatible(meta['config'], _config_dict(config), ckpt.path(step))
+      return
   finally:
     ckpt.close()
 

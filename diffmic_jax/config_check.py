@@ -132,6 +132,7 @@ RULES = {
     'eval.num_samples': positive,
     'eval.splits': splits,
     'eval.save_saliency': boolean,
+    'eval.skip_unreadable': boolean,
 }
 
 

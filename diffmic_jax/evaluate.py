@@ -23,7 +23,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from diffmic_jax import checkpoint, data, metrics, parallel, report, sampling, train_state
+from diffmic_jax import (checkpoint, data, metrics, parallel, preemption, report, sampling,
+                         train_state)
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of, data_source
 from diffmic_jax.data.normalize import normalize
@@ -85,8 +86,11 @@ def _gather(tree: dict) -> dict:
 
 
 def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
-                  keep_saliency: bool = False, progress=None) -> dict:
+                  keep_saliency: bool = False, progress=None, stop=None) -> dict:
   """Runs `predict_fn` over an eval iterable; returns host arrays ordered by example index.
+
+  `stop` (a signal number, or 0) is asked before each batch: a stop signal ends a long loop
+  within one batch, by raising preemption.Interrupted, instead of after the whole split.
 
   Returns:
     {'index' (N,), 'label' (N,), 'dcg_prob' (N, K), 'sample_probs' (M, N, K)} and, with
@@ -95,6 +99,8 @@ def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
   keys = ['dcg_prob', 'sample_probs'] + (['saliency', 'roi_boxes', 'attention'] if keep_saliency else [])
   parts = []
   for i, local in enumerate(eval_batches):
+    if stop is not None and (signum := stop()):
+      raise preemption.Interrupted(signum)
     batch = parallel.global_batch(local, mesh)
     out = predict_fn(dcg_vars, eps_vars, batch['image'], jax.random.fold_in(key, i))
     host = _gather({**{k: out[k] for k in keys},
@@ -149,10 +155,11 @@ class Validator:
     self.predict = make_predict_fn(models, self.spec)
     self.batches = _eval_batches(config, config.data.val_split)
 
-  def __call__(self, state, joint: bool) -> dict:
+  def __call__(self, state, joint: bool, stop=None) -> dict:
     eps_params = state.eval_eps_params(uses_ema(self.config))
     pred = predict_split(self.predict, state.dcg.variables(), state.eps.variables(eps_params),
-                         self.batches, self.mesh, train_state.keys(self.config.seed)['eval'])
+                         self.batches, self.mesh, train_state.keys(self.config.seed)['eval'],
+                         stop=stop)
     res = split_results(pred, self.config.num_classes, self.config.data.val_split,
                         self.spec.describe(self.config.diffusion.timesteps))
     scores = {f'dcg_{k}': res['dcg'][k] for k in ('accuracy', 'macro_f1', 'kappa_quadratic')}
@@ -167,32 +174,33 @@ def _test_spec(config) -> SamplerSpec:
 
 
 def _sample(config, predict, mesh, state, batches, total: int, desc: str,
-            keep_saliency: bool = False) -> dict:
+            keep_saliency: bool = False, stop=None) -> dict:
   """`predict_split` of `state` with the parameters evaluation uses, behind a progress bar."""
   eps_vars = state.eps.variables(state.eval_eps_params(uses_ema(config)))
   with tqdm(total=total, desc=desc, disable=jax.process_index() != 0) as bar:
     return predict_split(predict, state.dcg.variables(), eps_vars, batches, mesh,
                          train_state.keys(config.seed)['eval'], keep_saliency=keep_saliency,
-                         progress=bar)
+                         progress=bar, stop=stop)
 
 
-def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None) -> dict:
+def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None,
+                    stop=None) -> dict:
   """Whole-split results of `state` on `split` under config.eval (nothing written)."""
   spec = _test_spec(config)
   pred = _sample(config, predict or make_predict_fn(models, spec), mesh, state,
                  _eval_batches(config, split), data.num_examples(config.data, split),
-                 f'sample {split}')
+                 f'sample {split}', stop=stop)
   protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
               f"{'EMA' if uses_ema(config) else 'raw'} epsilon-network params; seed {config.seed}")
   return split_results(pred, config.num_classes, split, protocol)
 
 
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str) -> dict:
+def evaluate_splits(config, workdir, models, mesh, state, chosen: str, stop=None) -> dict:
   """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports."""
   predict = make_predict_fn(models, _test_spec(config))
   out = {}
   for split in config.eval.splits:
-    res = _evaluate_split(config, models, mesh, state, split, chosen, predict)
+    res = _evaluate_split(config, models, mesh, state, split, chosen, predict, stop)
     if jax.process_index() == 0:
       paths = report.write_report(res, str(epath.Path(workdir) / 'reports'), split)
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
@@ -251,6 +259,10 @@ def restore(config, workdir: str, which: str = 'best') -> Restored:
       raise checkpoint.ConfigMismatchError(
           f'{e}\nWithout --config, evaluate and predict use the config the run saved '
           f'({workdir}/config_train.json).') from None
+    except UserError:
+      raise
+    except Exception as e:  # noqa: BLE001  Files damaged on disk: name them and what still reads.
+      raise checkpoint.DamagedCheckpointError(ckpt.damaged_message(step, best, e)) from e
   finally:
     ckpt.close()
   kind = f"best on '{config.data.val_split}'" if best else 'periodic'
@@ -271,8 +283,20 @@ def fresh_dir(root: str, kind: str, step: int, source: str) -> epath.Path:
   return path
 
 
+def claim_dir(root: str, kind: str, step: int, source: str) -> epath.Path:
+  """`fresh_dir`, created here: of two evaluations finishing at once, each gets its own folder."""
+  while True:
+    path = fresh_dir(root, kind, step, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      path.mkdir(exist_ok=False)
+      return path
+    except FileExistsError:
+      continue  # Taken meanwhile by another evaluation: the next free name.
+
+
 def _write_config(config, out: epath.Path) -> None:
-  out.mkdir(parents=True, exist_ok=False)
+  out.mkdir(parents=True, exist_ok=True)
   (out / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
 
@@ -292,7 +316,7 @@ def evaluate_checkpoint(config, workdir: str, which: str = 'best',
                                     predict) for split in config.eval.splits}
   if jax.process_index() == 0:
     for split, res in results.items():
-      out = fresh_dir(output_dir or workdir, 'eval', r.step, split)
+      out = claim_dir(output_dir or workdir, 'eval', r.step, split)
       _write_config(config, out)
       paths = report.write_report(res, str(out), 'report')
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
@@ -301,9 +325,10 @@ def evaluate_checkpoint(config, workdir: str, which: str = 'best',
 
 
 def _prediction_input(config, split: str | None, input_path: str | None):
-  """(source name, stored records, ids, labelled, batches) for a built split or image files."""
+  """(source name, stored records, ids, labelled, batches, skipped files) for a built split or
+  image files."""
   if input_path is not None:
-    images = files.list_images(input_path, config.num_classes)
+    images = files.list_images(input_path, config.num_classes, config.eval.skip_unreadable)
     build = builder_config_of(config.data)
     records = files.records(images, build.stored_size, build.encoding)
     batches = files.make_file_iterator(
@@ -311,11 +336,11 @@ def _prediction_input(config, split: str | None, input_path: str | None):
         image_size=config.image_size, global_batch_size=config.eval.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         read_threads=config.data.read_threads)
-    return images.name, records, images.ids, images.labelled, batches
+    return images.name, records, images.ids, images.labelled, batches, images.skipped
   records = data_source(config.data, split)
   ids = [r['id'].decode() if isinstance(r['id'], bytes) else str(r['id'])
          for r in records.__getitems__(range(len(records)))]
-  return split, records, ids, True, _eval_batches(config, split)
+  return split, records, ids, True, _eval_batches(config, split), ()
 
 
 def predict(config, workdir: str, which: str = 'best', *, split: str | None = None,
@@ -336,7 +361,7 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   if (split is None) == (input_path is None):
     raise UserError('predict needs exactly one of --split (a built split) or --input (a folder '
                      'of images or a CSV of files)')
-  source, records, ids, labelled, batches = _prediction_input(config, split, input_path)
+  source, records, ids, labelled, batches, skipped = _prediction_input(config, split, input_path)
   r = restore(config, workdir, which)
   e = config.eval
   pred = _sample(config, make_predict_fn(r.models, _test_spec(config)), r.mesh, r.state, batches,
@@ -344,9 +369,13 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   summary = metrics.summarize_samples(pred['sample_probs'])
   result = {'n': int(len(pred['index'])), 'checkpoint': r.description}
   if jax.process_index() == 0:
-    out = fresh_dir(output_dir or workdir, 'predict', r.step, source)
+    out = claim_dir(output_dir or workdir, 'predict', r.step, source)
     _write_config(config, out)
     result.update(dir=str(out), csv=str(out / 'predictions.csv'))
+    if skipped:
+      (out / 'skipped.txt').write_text('\n'.join(skipped) + '\n')
+      logging.warning('left out %d unreadable images, listed in %s', len(skipped),
+                      out / 'skipped.txt')
     report.write_predictions_csv(result['csv'], [ids[i] for i in pred['index']],
                                  pred['label'] if labelled else None, summary['mean_prob'],
                                  summary['vote'], summary['uncertainty'], pred['dcg_prob'],

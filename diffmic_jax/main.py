@@ -19,13 +19,14 @@ A user error (bad flag, config value, missing file, ...) prints one line and exi
 before anything is written; `--debug` shows its traceback.
 """
 
+import contextlib
 import json
 
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from diffmic_jax import console, errors, host_memory
+from diffmic_jax import console, errors, host_memory, locks
 
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and reports go here: a local '
@@ -61,8 +62,10 @@ def main(argv):
   if run_config.is_saved_config(config_source):
     run_config.check_overrides(config_flags.get_override_values(FLAGS['config']))
     config_source = f'the config saved in {workdir}'
+  run_config.resolve_paths(config)  # Saved as resolved: the run's config works from anywhere.
   config_check.validate(config)
-  config_check.check_files(config)
+  if mode in ('prepare', 'train'):  # Evaluate and predict restore weights; they read no init file.
+    config_check.check_files(config)
   if config.cpu_tuning and host_memory.cpu_only_host():
     host_memory.keep_freed_memory()  # Re-executes this process once with glibc's settings.
   console.set_up(FLAGS.verbosity)
@@ -70,12 +73,22 @@ def main(argv):
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
   import jax
-  from diffmic_jax import checkpoint, data, evaluate, train
+  from diffmic_jax import checkpoint, parallel
 
   if jax.process_index() != 0:  # One log per job: the other processes say only what goes wrong.
     logging.set_verbosity(logging.WARNING)
-  if mode == 'train':
-    checkpoint.check_workdir(config, workdir)  # A refused resume writes nothing.
+  parallel.check_batch_sizes(config, mode)
+  with contextlib.ExitStack() as held:
+    if mode == 'train' and jax.process_index() == 0:
+      held.enter_context(locks.workdir_lock(workdir))  # Held until the run ends, however it ends.
+    if mode == 'train':
+      checkpoint.check_workdir(config, workdir)  # A refused resume writes nothing.
+    _run(config, workdir, mode, config_source)
+
+
+def _run(config, workdir: str, mode: str, config_source: str) -> None:
+  import jax
+  from diffmic_jax import data, distributed, evaluate, train
   console.announce(config, workdir, mode, config_source, FLAGS.input if mode == 'predict' else None,
                    FLAGS.output_dir)
   from_files = mode == 'predict' and FLAGS.input is not None
@@ -112,7 +125,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with flag and config-file errors reported as one line."""
   from diffmic_jax import run_config  # Evaluate / predict default to the run's saved config.
   try:
-    argv = run_config.with_saved_config(argv)
+    argv = run_config.with_saved_config(run_config.with_shipped_config(argv))
     rest = FLAGS(argv)
     if FLAGS.config is not None:
       FLAGS.config.keys()  # A config file that failed to load raises here.

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffmic_jax.errors import UserError
+
 
 def make_mesh(devices=None) -> Mesh:
   """A one-axis ('data',) mesh over `devices` (default: every device of every process)."""
@@ -24,12 +26,27 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+class BatchSizeError(UserError, ValueError):
+  """A global batch that does not split evenly over the devices."""
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = 'train.batch_size') -> int:
   """The per-process batch, after checking the global batch splits evenly over devices."""
   n = mesh.devices.size
   if global_batch_size % n:
-    raise ValueError(f'batch size {global_batch_size} must be a multiple of the device count {n}')
+    raise BatchSizeError(f'config.{field}={global_batch_size} must be a multiple of the device '
+                         f'count {n} (e.g. {max(n, global_batch_size // n * n)})')
   return global_batch_size // jax.process_count()
+
+
+def check_batch_sizes(config, mode: str) -> None:
+  """At start-up, the batches `mode` uses against the device count: a validation batch that does
+  not split would otherwise fail inside JAX at the first validation, on every resume."""
+  mesh = make_mesh()
+  if mode == 'train':
+    check_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  if mode in ('train', 'evaluate', 'predict'):
+    check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
 
 
 def global_batch(local: dict, mesh: Mesh, replicate: bool = False) -> dict:

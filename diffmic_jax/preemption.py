@@ -10,6 +10,10 @@ With several processes, Orbax saves are collective, so every process must save a
 yet a signal may reach only some of them and their clocks differ. Each boundary's flags therefore
 go through a max over all devices, and the result is read at the next boundary, while the next step
 is already queued: all processes act on the same flags one step later, without stalling the queue.
+
+A single process also asks inside a long validation or the final evaluation (`stop_now`), so a
+preemption's grace period is not spent finishing them: an interrupted validation is redone first
+thing on resume, an interrupted final evaluation is redone whole.
 """
 
 import os
@@ -28,13 +32,22 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Stopped(SystemExit):
   """The run stopped on a signal after saving a checkpoint; exits with 128 + the signal number."""
 
-  def __init__(self, signum: int, step: int, path: str):
+  def __init__(self, signum: int, step: int, path: str, during: str = ''):
     super().__init__(128 + signum)
-    self.signum, self.step, self.path = signum, step, path
+    self.signum, self.step, self.path, self.during = signum, step, path, during
 
   def __str__(self) -> str:
-    return (f'stopped by {signal.Signals(self.signum).name} after step {self.step}; checkpoint: '
-            f'{self.path}; run the same command with the same --workdir to resume')
+    during = f' during {self.during}' if self.during else ''
+    return (f'stopped by {signal.Signals(self.signum).name}{during} after step {self.step}; '
+            f'checkpoint: {self.path}; run the same command with the same --workdir to resume')
+
+
+class Interrupted(Exception):
+  """A stop signal ended a validation or evaluation loop part-way; nothing of it was kept."""
+
+  def __init__(self, signum: int):
+    super().__init__(f'interrupted by {signal.Signals(signum).name}')
+    self.signum = signum
 
 
 class StepBoundary:
@@ -86,6 +99,11 @@ class StepBoundary:
       extra = ' (Ctrl-C again to abort without saving)' if signum == signal.SIGINT else ''
       os.write(2, f'\n{signal.Signals(signum).name}: saving a checkpoint after this step{extra}\n'
                .encode())
+
+  def stop_now(self) -> int:
+    """The signal received so far (0: none), for loops inside a step boundary (validation): only
+    with one process, where no other process has to agree."""
+    return 0 if self.agree else self.signum
 
   def saved(self) -> None:
     """Restarts the time-based checkpoint clock; call on every process after each save."""

@@ -142,6 +142,7 @@ class _Run:
   best: dict | None = None
   pending: tuple | None = None  # (step, metrics) of the last step, not yet checked for NaN.
   saved_step: int | None = None
+  unvalidated: bool = False  # The restored step's validation was interrupted: redo it first.
   writer: MetricWriter | None = None
   validator: Any = None
   pretrain: Any = None
@@ -159,6 +160,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   run = _set_up(config, workdir)
   try:
     with run.boundary:
+      if run.unvalidated and not _validate(run, run.step):
+        raise preemption.Stopped(run.boundary.signum, run.step, run.ckpt.path(run.step))
       _stage_1_pretrain_dcg(run)
       _stage_2_joint(run)
     # A single process signalled after its last step boundary has its final checkpoint already.
@@ -207,11 +210,13 @@ def _restore_or_init(run: _Run) -> None:
   """The initial state, or the last periodic checkpoint's state, data position and best score."""
   state = initial_state(run.config, run.models, run.mesh)
   run.best = {'score': -np.inf, 'step': None}
-  if (last := run.ckpt.latest_step()) is not None:
+  if run.ckpt.latest_step() is not None:
     target = checkpoint.abstract_like(state)
     del state  # Freed before the restore allocates: two states never share memory.
-    state, meta = run.ckpt.restore(last, target, run.config, run.train_iter)
+    # The newest checkpoint that restores: one damaged on disk is named and set aside.
+    last, state, meta = run.ckpt.restore_newest(target, run.config, run.train_iter)
     run.best = meta.get('best', run.best)
+    run.unvalidated = bool(meta.get('unvalidated'))
     run.saved_step = last
     logging.info('resumed from %s at step %d', run.ckpt.path(last), int(state.step))
   run.state, run.step = state, int(state.step)
@@ -274,7 +279,11 @@ def _after_step(run: _Run, metrics: dict, bar: progress.StageBar, stop: int) -> 
     shown = {k: v for k, v in host.items() if k in ('loss', 'dcg_ce')}
   if _validates(run, step):
     with bar.clock.paused(validation=True):
-      _validate(run, step)
+      if not _validate(run, step):  # A stop signal ended it: save, marked for a redo on resume.
+        with bar.clock.paused():
+          _save(run, unvalidated=True)
+        bar.update(step, shown)
+        raise preemption.Stopped(run.boundary.signum, step, run.ckpt.path(step))
   every = cfg.checkpoint_every_steps
   if step == stop or time_due or signum or (every and step % every == 0):
     with bar.clock.paused():
@@ -297,14 +306,18 @@ def validates(step: int, pre_steps: int, total: int, spe: int, every: int) -> bo
   return step > pre_steps and rest == 0 and (epoch - 1) % every == 0
 
 
-def _validate(run: _Run, step: int) -> None:
-  """Scores the validation split; a better score saves the best checkpoint.
+def _validate(run: _Run, step: int) -> bool:
+  """Scores the validation split; a better score saves the best checkpoint. False if a stop
+  signal ended it part-way (one process only: several must finish it together).
 
   Stage 1 is ranked by the DCG's metric, stage 2 by the diffusion's; stage-1 checkpoints compete
   only until the first joint validation replaces them.
   """
   _check_pending(run)
-  scores = run.validator(run.state, joint=step > run.pre_steps)
+  try:
+    scores = run.validator(run.state, joint=step > run.pre_steps, stop=run.boundary.stop_now)
+  except preemption.Interrupted:
+    return False
   _release(run)
   run.writer.write(step, scores, prefix='val/')
   logging.info('step %d validation (%s): %s', step, run.config.data.val_split,
@@ -316,15 +329,17 @@ def _validate(run: _Run, step: int) -> None:
   if scores[key] > run.best['score']:
     run.best = {'score': float(scores[key]), 'step': step, 'metric': key}
     run.ckpt.save(step, run.state, None, run.config, {'best': run.best, 'val': scores}, best=True)
+  return True
 
 
-def _save(run: _Run) -> None:
+def _save(run: _Run, unvalidated: bool = False) -> None:
   """Saves the whole run at `run.step`, once per step; every process takes part."""
   if run.saved_step == run.step:
     return
   _check_pending(run)
   run.writer.flush()  # The metrics on disk reach at least as far as the checkpoint.
-  run.ckpt.save(run.step, run.state, run.train_iter, run.config, {'best': run.best})
+  extra = {'best': run.best, **({'unvalidated': True} if unvalidated else {})}
+  run.ckpt.save(run.step, run.state, run.train_iter, run.config, extra)
   run.saved_step = run.step
   run.boundary.saved()
 
@@ -370,6 +385,18 @@ def _final_evaluation(run: _Run) -> dict:
     _release(run)
   else:
     chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
-  results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
+  if jax.process_count() > 1:  # A signal keeps its usual effect: processes cannot stop apart.
+    results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
+  else:
+    with preemption.StepBoundary(run.mesh, None, agree=False) as stopper:
+      try:
+        results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen,
+                                  stop=stopper.stop_now)
+      except preemption.Interrupted as e:
+        run.ckpt.close()
+        stop = preemption.Stopped(e.signum, run.step, run.ckpt.path(run.step),
+                                  during='the final evaluation, redone on resume')
+        print(stop, file=sys.stderr, flush=True)
+        raise stop from None
   run.ckpt.close()
   return results

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -241,3 +242,28 @@ def test_predict_files_equals_predict_of_the_built_split(run):
     assert row['label'] == same['label'] != ''
     for k in range(5):
       assert float(row[f'dcg_p_{k}']) == pytest.approx(float(same[f'dcg_p_{k}']), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_past_a_damaged_checkpoint_ends_with_the_same_report(run):
+  """The newest checkpoint of a copy of the run with an array file cut short: the resume names
+  it, keeps it in damaged/, redoes the steps after the one before it, and reports as the run did."""
+  workdir = run['base'] / 'damaged_run'
+  shutil.copytree(run['workdir'], workdir)
+  shutil.rmtree(workdir / 'reports')
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  arrays = [p for p in (workdir / 'checkpoints' / str(steps[-1]) / 'state').rglob('*')
+            if p.is_file() and p.parent.name == 'd']
+  biggest = max(arrays, key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 3])
+  r = _main('--config=configs/demo.py:smoke', f'--workdir={workdir}',
+            f'--config.data.data_dir={run["data_dir"]}')
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert f'checkpoint {workdir}/checkpoints/{steps[-1]} does not restore' in r.stderr
+  assert f'resumed from {workdir}/checkpoints/{steps[-2]} at step {steps[-2]}' in r.stderr
+  kept = list((workdir / 'damaged').iterdir())
+  assert len(kept) == 1 and kept[0].name.startswith(f'{steps[-1]}-')
+  got = json.loads((workdir / 'reports' / 'test.json').read_text())
+  want = json.loads((run['workdir'] / 'reports' / 'test.json').read_text())
+  assert (got['dcg'], got['diffusion'], got['vote']) == (want['dcg'], want['diffusion'],
+                                                         want['vote'])

@@ -2,8 +2,10 @@
 
 `prepare` resolves the manual directory's splits (no pixel touched), checks them and the config's
 `num_classes`, and compares their source record with the one stored beside the build: equal, the
-build is reused; different, it is rebuilt in place and the log says what changed; absent, it is
-built. A remote `data.data_dir` (gs://...) is built on local disk and uploaded (`staging.py`).
+build is reused; different, it is rebuilt beside the old one, which it then replaces, and the log
+says what changed; absent, it is built. One job builds a source at a time (`locks.build_lock`);
+another waits, then reuses its build. A remote `data.data_dir` (gs://...) is built on local disk
+and uploaded (`staging.py`).
 """
 
 import os
@@ -13,6 +15,7 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
+from diffmic_jax import locks
 from diffmic_jax.data import dataset, source, staging
 from diffmic_jax.data.builders import RESOLVERS
 from diffmic_jax.data.dataset import builder_config_of, manual_dir_of
@@ -88,8 +91,9 @@ def prepare(data_cfg, num_classes: int | None = None) -> None:
 
   A build is reused only when its stored source record (`source.json`) matches the manual
   directory as it is now; a changed source (labels, images, split lists, build options) is
-  rebuilt in place, logging what changed. Every cheap check runs before anything is written;
-  image decoding errors stop the build inside TFDS's temporary folder, which is then removed.
+  rebuilt beside the old build and swapped in, logging what changed. Every cheap check runs
+  before anything is written; image decoding errors stop the build beside the old one, which
+  stays in use.
   With `data.skip_bad_examples`, bad examples are skipped and listed in `skipped.txt`.
 
   array_record's writer opens local files only, so a remote `data.data_dir` is built into this
@@ -117,22 +121,49 @@ def prepare(data_cfg, num_classes: int | None = None) -> None:
   if built is not None and built['digest'] == current['digest']:
     logging.info('Using the build in %s of %s', folder, source.summary(built))
     return
-  if dataset.is_built(folder):
-    why = source.changes(built, current) if built else f'no {source.RECORD_NAME} in the build'
-    logging.warning('%s changed since it was built into %s (%s); rebuilding', manual_dir, folder,
-                    why)
-  dataset.forget(data_cfg)
-  _replace(data_cfg, sid, manual_dir, splits, skipped, current)
+  with locks.build_lock(url, sid):
+    # Another job may have built this source while this one waited for the lock.
+    built = source.read(folder) if dataset.is_built(folder) else None
+    if built is not None and built['digest'] == current['digest']:
+      logging.info('Using the build in %s of %s, just made by another job', folder,
+                   source.summary(built))
+      return
+    if dataset.is_built(folder):
+      why = source.changes(built, current) if built else f'no {source.RECORD_NAME} in the build'
+      logging.warning('%s changed since it was built into %s (%s); rebuilding', manual_dir, folder,
+                      why)
+    dataset.forget(data_cfg)
+    _replace(data_cfg, sid, manual_dir, splits, skipped, current)
+    dataset.forget(data_cfg)
+    now = source.read(folder) if dataset.is_built(folder) else None
+    if now is None or now['digest'] != current['digest']:
+      raise DataError(f'{folder} does not hold the build just made (a job building the same '
+                      'source elsewhere, or a data_dir this host cannot write?); check it and '
+                      'run again')
   logging.info('Built %s into %s', source.summary(current), folder)
 
 
 def _replace(data_cfg, sid: str, manual_dir: str, splits, skipped, record: dict) -> None:
-  """Builds under `<data_dir>/<sid>`, the old build removed; a remote one is built locally first."""
+  """Builds the source beside its old build, then swaps them; a remote one is built locally first.
+
+  Until the swap the old build stays whole and in use: a failed or killed rebuild leaves it as it
+  was (and the next `prepare` tries again). Leftovers of killed builds are removed first; the
+  caller holds the build lock, so none of them is another job's work in progress.
+  """
   url = dataset.data_dir_of(data_cfg)
   folder = epath.Path(url, sid, dataset.version_dir(data_cfg))
   if not staging.is_remote(url):
-    shutil.rmtree(folder, ignore_errors=True)
-    _build(data_cfg, os.path.join(url, sid), manual_dir, splits, skipped, record)
+    root = os.path.join(url, sid)
+    os.makedirs(root, exist_ok=True)
+    for leftover in os.listdir(root):
+      if leftover.startswith(('.building-', '.replaced-')):
+        shutil.rmtree(os.path.join(root, leftover))
+    beside = os.path.join(root, f'.building-{os.getpid()}')
+    try:
+      new = _build(data_cfg, beside, manual_dir, splits, skipped, record)
+      _swap(new, os.fspath(folder), os.path.join(root, f'.replaced-{os.getpid()}'))
+    finally:
+      shutil.rmtree(beside, ignore_errors=True)  # What a failed build left; empty after a swap.
     return
   local = os.path.join(staging.cache_dir(url), sid)
   shutil.rmtree(os.path.join(local, dataset.version_dir(data_cfg)), ignore_errors=True)
@@ -140,6 +171,21 @@ def _replace(data_cfg, sid: str, manual_dir: str, splits, skipped, record: dict)
     folder.rmtree()  # Shards of the old build would outlive a rebuild with fewer of them.
   staging.upload(_build(data_cfg, local, manual_dir, splits, skipped, record), os.fspath(folder),
                  stamp=record['digest'])
+
+
+def _swap(new: str, folder: str, old: str) -> None:
+  """Moves the finished build `new` to `folder` (same file system: renames), the old one aside
+  to `old` and then deleted; a delete that fails leaves a warning, not the old build in use."""
+  if os.path.exists(folder):
+    os.rename(folder, old)
+  os.makedirs(os.path.dirname(folder), exist_ok=True)
+  os.rename(new, folder)
+  if os.path.exists(old):
+    failed = []
+    shutil.rmtree(old, onerror=lambda func, path, exc: failed.append(path))
+    if failed:
+      logging.warning('could not delete the replaced build %s (%s): delete it by hand', old,
+                      failed[0])
 
 
 def _build(data_cfg, root: str, manual_dir: str, splits, skipped: list[str], record: dict) -> str:

@@ -78,7 +78,7 @@ def source_of(data_cfg) -> tuple[str, str]:
   if data_cfg.name == 'demo':
     return source.DEMO_ID, BUILDERS['demo'].DEMO_DIR
   if data_cfg.manual_dir:
-    path = os.path.abspath(os.path.expanduser(data_cfg.manual_dir))
+    path = os.path.realpath(os.path.expanduser(data_cfg.manual_dir))  # A symlink: its target's.
     return source.source_id(path), path
   found = _builds(data_cfg)
   if len(found) > 1:

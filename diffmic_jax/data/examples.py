@@ -11,6 +11,7 @@ import collections
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 from typing import Any, Sequence
 
@@ -46,6 +47,21 @@ class Example:
 Splits = dict[str, list[Example]]
 
 
+def read_text(path: str) -> str:
+  """A text file as Excel and other tools save it: UTF-8 (with or without a byte-order mark),
+  else Windows-1252; anything else is refused naming the file."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  for encoding in ('utf-8-sig', 'cp1252'):
+    try:
+      text = raw.decode(encoding)
+    except UnicodeDecodeError:
+      continue
+    if '\x00' not in text:  # NUL bytes: an image or other binary file, not a CSV.
+      return text
+  raise DataError(f'{path}: not a text file (neither UTF-8 nor Windows-1252)')
+
+
 def read_csv(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
   """Reads a CSV with a header, checking that the required columns are present.
 
@@ -58,16 +74,15 @@ def read_csv(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, st
   """
   if not os.path.isfile(path):
     raise DataError(f'{path}: file not found')
-  with open(path, newline='') as f:
-    reader = csv.DictReader(f)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in required if c not in header]
-    if missing:
-      raise DataError(f'{path}:1: missing column(s) {missing}; header is {header}, '
-                      f'expected {list(required)}')
-    reader.fieldnames = header
-    return [(i + 2, {k: (v or '').strip() for k, v in row.items() if k is not None})
-            for i, row in enumerate(reader)]
+  reader = csv.DictReader(io.StringIO(read_text(path), newline=''))
+  header = [h.strip() for h in (reader.fieldnames or [])]
+  missing = [c for c in required if c not in header]
+  if missing:
+    raise DataError(f'{path}:1: missing column(s) {missing}; header is {header}, '
+                    f'expected {list(required)}')
+  reader.fieldnames = header
+  return [(i + 2, {k: (v or '').strip() for k, v in row.items() if k is not None})
+          for i, row in enumerate(reader)]
 
 
 def parse_label(value: str, where: str) -> int:

@@ -1,11 +1,16 @@
-"""Image files named by a folder or a CSV, read exactly as a built split would be, for prediction.
+"""Image files named by a folder, a CSV or one image, read exactly as a built split would be.
 
-A folder: every image file under it, sorted, each named by its path relative to the folder. A
-CSV: a `file` column (relative to the CSV's folder, or absolute), optional `label` and `id`
-columns. Each image goes through the build's crop / resize / encode (`preprocess.encode_example`)
-and the read's decode, so a file predicts as it would from a built split, and no dataset is built.
+A folder: every image file under it, sorted, each named by its path relative to the folder;
+hidden files and folders (`.ipynb_checkpoints`, `.DS_Store`) are not images to predict. A CSV
+(UTF-8, with or without a byte-order mark, or Windows-1252, as Excel saves it): a `file` column
+(relative to the CSV's folder, or absolute), optional `label` and `id` columns. Every image is
+decoded once before any model is compiled: an unreadable one stops there, naming it, or with
+`skip_unreadable` is left out and listed. Each image goes through the build's crop / resize /
+encode (`preprocess.encode_example`) and the read's decode, so a file predicts as it would from a
+built split, and no dataset is built.
 """
 
+import concurrent.futures
 import dataclasses
 import os
 
@@ -14,7 +19,7 @@ import numpy as np
 
 from diffmic_jax.data.augment import EvalSource
 from diffmic_jax.data.examples import DataError, Example, parse_label, read_csv
-from diffmic_jax.data.preprocess import encode_example
+from diffmic_jax.data.preprocess import encode_example, readable
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -27,10 +32,12 @@ class ImageFiles:
     source: The folder or CSV they came from.
     examples: One per image, in output order; `key` is the image's id, `label` -1 if unknown.
     labelled: Whether every image has a label (a CSV with a `label` column).
+    skipped: One line per image left out as unreadable (`skip_unreadable`).
   """
   source: str
   examples: tuple
   labelled: bool
+  skipped: tuple = ()
 
   @property
   def name(self) -> str:
@@ -47,7 +54,7 @@ class ImageFiles:
 def _from_folder(folder: str) -> list[Example]:
   found = []
   for root, dirs, names in os.walk(folder):
-    dirs.sort()
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     for name in sorted(names):
       if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('.'):
         path = os.path.join(root, name)
@@ -57,7 +64,7 @@ def _from_folder(folder: str) -> list[Example]:
   return found
 
 
-def _from_csv(path: str, num_classes: int) -> tuple[list[Example], bool]:
+def _from_csv(path: str, num_classes: int, skipped: list[str] | None) -> tuple[list[Example], bool]:
   rows = read_csv(path, ['file'])
   if not rows:
     raise DataError(f'{path}: no rows')
@@ -74,7 +81,10 @@ def _from_csv(path: str, num_classes: int) -> tuple[list[Example], bool]:
     if labelled and not 0 <= label < num_classes:
       raise DataError(f'{where}: label {label} outside [0, {num_classes}) for {row["file"]!r}')
     if not os.path.isfile(file):
-      raise DataError(f'{where}: image file {file} not found')
+      if skipped is None:
+        raise DataError(f'{where}: image file {file} not found')
+      skipped.append(f'{where}: image file {file} not found')
+      continue
     if key in seen:
       raise DataError(f'{where}: duplicate id {key!r} (first at {seen[key]})')
     seen[key] = where
@@ -82,23 +92,51 @@ def _from_csv(path: str, num_classes: int) -> tuple[list[Example], bool]:
   return out, labelled
 
 
-def list_images(path: str, num_classes: int) -> ImageFiles:
-  """The images a folder or CSV names, checked (files exist, labels in [0, K), ids unique).
+def _decodable(examples: list[Example], skipped: list[str] | None) -> list[Example]:
+  """The examples whose images decode; the first that does not raises, or with `skipped` each
+  is listed there and left out."""
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    problems = list(pool.map(readable, examples))
+  kept = []
+  for ex, problem in zip(examples, problems):
+    if problem is None:
+      kept.append(ex)
+    elif skipped is None:
+      raise DataError(f'{problem} (--config.eval.skip_unreadable=True leaves such files out)')
+    else:
+      skipped.append(problem)
+  return kept
+
+
+def list_images(path: str, num_classes: int, skip_unreadable: bool = False) -> ImageFiles:
+  """The images a folder, CSV or image file names, checked (files decode, labels in [0, K), ids
+  unique).
 
   Args:
-    path: A folder of images or a CSV with a `file` column.
+    path: A folder of images, a CSV with a `file` column, or one image file.
     num_classes: K, for the labels of a CSV.
+    skip_unreadable: Leave out missing and undecodable images (listed in `skipped`) instead of
+      stopping at the first.
 
   Returns:
     The images, in output order.
   """
   path = os.path.expanduser(path)
+  skipped = [] if skip_unreadable else None
   if os.path.isdir(path):
-    return ImageFiles(path, tuple(_from_folder(path)), labelled=False)
-  if os.path.isfile(path):
-    examples, labelled = _from_csv(path, num_classes)
-    return ImageFiles(path, tuple(examples), labelled)
-  raise DataError(f'--input {path}: no such folder or CSV file')
+    examples, labelled = _from_folder(path), False
+  elif os.path.isfile(path) and path.lower().endswith(IMAGE_SUFFIXES):
+    examples, labelled = [Example(key=os.path.basename(path), label=-1, where=path,
+                                  path=path)], False
+  elif os.path.isfile(path):
+    examples, labelled = _from_csv(path, num_classes, skipped)
+  else:
+    raise DataError(f'--input {path}: no such folder or CSV file, nor an image file')
+  examples = _decodable(examples, skipped)
+  if not examples:
+    raise DataError(f'--input {path}: none of its {len(skipped)} images can be read (first: '
+                    f'{skipped[0]})')
+  return ImageFiles(path, tuple(examples), labelled, tuple(skipped or ()))
 
 
 @dataclasses.dataclass(frozen=True)

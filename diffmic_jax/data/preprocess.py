@@ -5,6 +5,8 @@ the cropped image resized the same way, losslessly (`encoding='png'`, `resize='b
 defaults), gives the pixels the official loader computes each epoch, and training never decodes a
 multi-megapixel photo. JPEG (quality 95) and bicubic are the smaller, not identical, option. Images
 already square at the stored size and in JPEG are kept byte for byte (no second lossy encode).
+Grayscale, 16-bit, palette and transparent images are brought to 8-bit RGB by `to_rgb`, scaled,
+not clipped.
 """
 
 import io
@@ -25,6 +27,33 @@ def center_square(image: Image.Image) -> Image.Image:
   return image.crop((left, top, left + side, top + side))
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+  """8-bit RGB of any image PIL reads, its values scaled, never clipped.
+
+  16-bit grayscale, common in medical exports, is scaled from 0..65535 to 0..255: PIL's own `convert('RGB')` clips it at 255, which saturates almost every pixel.
+  Float images are taken as 0..1. Transparency (RGBA, LA, a palette's transparent colour) is laid
+  over black, the background of fundus and dermoscopy photos, instead of showing whatever colour
+  the hidden pixels happen to hold.
+  """
+  if image.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+    values = np.asarray(image, np.float64)
+    if image.mode == 'F':
+      scale = 255.0
+    elif values.max() > 65535:
+      scale = 255.0 / values.max()  # Beyond 16 bits there is no usual range: the image's own.
+    else:
+      scale = 255.0 / 65535.0
+    gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, 'L').convert('RGB')
+  if image.mode == 'P' and 'transparency' in image.info:
+    image = image.convert('RGBA')
+  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+    rgba = image.convert('RGBA')
+    black = Image.new('RGBA', rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert('RGB')
+  return image.convert('RGB')
+
+
 def _open(ex: Example) -> tuple[Image.Image, bytes | None]:
   if ex.pixels is not None:
     pixels = np.asarray(ex.pixels, np.uint8)
@@ -40,6 +69,15 @@ def _open(ex: Example) -> tuple[Image.Image, bytes | None]:
     raise DataError(f'{ex.where}: cannot decode image {ex.path} for id {ex.key!r}: '
                     f'{type(e).__name__}: {e}') from e
   return image, raw
+
+
+def readable(ex: Example) -> str | None:
+  """None if the example's image decodes, else the message `encode_example` would raise."""
+  try:
+    _open(ex)
+  except DataError as e:
+    return str(e)
+  return None
 
 
 def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg',
@@ -61,7 +99,7 @@ def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg',
           and (stored_size is None or image.size[0] == stored_size))
   if keep:
     return raw
-  image = center_square(image.convert('RGB'))
+  image = center_square(to_rgb(image))
   if stored_size is not None and image.size[0] != stored_size:
     image = image.resize((stored_size, stored_size),
                          {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[resize])
