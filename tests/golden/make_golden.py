@@ -437,7 +437,8 @@ def _official_functions(official, path, names, cls=None):
   picked = [n for n in body if isinstance(n, ast.FunctionDef) and n.name in names]
   assert len(picked) == len(names), (path, names)
   namespace = {'math': math, 'optim': torch.optim, 'torch': torch, 'nn': nn}
-  exec(compile(ast.Module(picked, type_ignores=[]), path, 'exec'), namespace)  # pylint: disable=exec-used
+  code = compile(ast.Module(picked, type_ignores=[]), path, 'exec')
+  exec(code, namespace)  # pylint: disable=exec-used
   return [namespace[n] for n in names]
 
 

@@ -2,8 +2,9 @@
 
 One builder per dataset name (`aptos2019`, `isic2018`, `image_folder`, `medmnist`, `demo`), all
 sharing `_DiffmicBuilder`: the split resolution of `builders/<name>.py`, then DiffMIC's crop and
-resize, stored as encoded bytes. The config name carries the split scheme and the stored size
-(`diffmic_224`), so builds with different sizes live side by side.
+resize, stored as encoded bytes. The config name carries the split scheme, the stored size and,
+unless JPEG + bicubic, the encoding and resize (`diffmic_224_png_bilinear`, the default, or
+`diffmic_224`), so builds of different sizes or storage live side by side.
 
 Each builder lists its configs in `BUILDER_CONFIGS` (every scheme at the stored sizes in
 `STORED_SIZES`), so `tfds build` and `diffmic_jax.data.prepare(config.data)` name the same config
@@ -11,7 +12,7 @@ object and write the same folder, `<data_dir>/<name>/<scheme>_<size>/1.0.0`; a s
 a custom config of the same shape (TFDS refuses a custom config named like a listed one, so the
 builder swaps a copy for the listed object). From the command line, without TensorFlow:
 
-    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
+    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224_png_bilinear \
         --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 (see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
@@ -58,12 +59,12 @@ class DiffmicConfig(tfds.core.BuilderConfig):
   scheme: str = 'diffmic'
   stored_size: int | None = 224
   num_classes: int = -1
-  encoding: str = 'jpeg'
-  resize: str = 'bicubic'
+  encoding: str = 'png'
+  resize: str = 'bilinear'
 
 
-def config_name(scheme: str, stored_size: int | None, encoding: str = 'jpeg',
-                resize: str = 'bicubic') -> str:
+def config_name(scheme: str, stored_size: int | None, encoding: str = 'png',
+                resize: str = 'bilinear') -> str:
   """`scheme_size`, with `_encoding_resize` unless JPEG + bicubic (the first builds' names)."""
   if stored_size is None:
     return scheme
