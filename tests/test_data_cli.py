@@ -121,7 +121,7 @@ def _isic_layout(data_root, root, n_train=30, test_per_class=1, header_only=Fals
 def test_isic_official_test_set_through_cli(data_root, tmp_path):
   """Synthetic layout: real HAM10000 images posing as the official test images (see above)."""
   manual = _isic_layout(data_root, tmp_path / 'manual')
-  _tfds_build('isic2018', '--config=official_224', f'--manual_dir={manual}',
+  _tfds_build('isic2018', '--config=official_224_png_bilinear', f'--manual_dir={manual}',
               f'--data_dir={tmp_path / "tfds"}')
   cfg = data_cfg(name='isic2018', builder_config='official', manual_dir=str(manual),
                  data_dir=str(tmp_path / 'tfds'))
