@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffmic_jax import config_check  # noqa: E402
+from diffmic_jax import calibration, config_check  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Config file (configs/*.py[:arg]).',
                                 lock_config=True)
@@ -90,15 +90,35 @@ def resample(args, seed: int, sampler: str) -> dict[str, dict]:
           for split in (args.val_split, args.split)}
 
 
+def _stats(vals: list) -> dict:
+  return {'mean': statistics.mean(vals), 'std': statistics.stdev(vals) if len(vals) > 1 else 0.0,
+          'values': vals}
+
+
 def summarise(results: list[dict]) -> dict:
   out = {}
   for who in ('dcg', 'diffusion', 'vote'):
     out[who] = {}
     for m in METRICS:
       vals = [r[who][m] for r in results if r[who][m] is not None]
-      out[who][m] = {'mean': statistics.mean(vals), 'std': statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                     'values': vals}
+      out[who][m] = _stats(vals)
+  if all('calibration' in r for r in results):
+    out['calibration'] = calibration.over_seeds([r['calibration'] for r in results])
   return out
+
+
+def print_calibration(cal: dict, split: str) -> None:
+  cell = lambda s: f"{s['mean']:.4f} ± {s['std']:.4f}"
+  print(f"\n{split}: probabilities (T = {cell(cal['temperature'])})")
+  print(f"{'':16s} " + ' '.join(f'{m:>18s}' for m in ('ECE', 'NLL', 'Brier', 'AUC')))
+  for k, v in cal['probabilities'].items():
+    print(f'{k:16s} ' + ' '.join(f'{cell(v[m]):>18s}' for m in ('ece', 'nll', 'brier', 'auc_ovr_macro')))
+  print(f"{split}: uncertainty")
+  print(f"{'':26s} " + ' '.join(f'{m:>18s}' for m in ('AURC', 'certain half', 'uncertain half',
+                                                       'median')))
+  for k, v in cal['uncertainty'].items():
+    print(f'{k:26s} ' + ' '.join(f'{cell(v[m]):>18s}' for m in (
+        'aurc', 'accuracy_certain_half', 'accuracy_uncertain_half', 'spread_median')))
 
 
 def parse_args() -> types.SimpleNamespace:
@@ -135,6 +155,8 @@ def main(argv):
   for m in METRICS:
     cells = [f"{summary[w][m]['mean']:.4f} ± {summary[w][m]['std']:.4f}" for w in ('dcg', 'diffusion', 'vote')]
     print(f'{m:20s} ' + ' '.join(f'{c:>18s}' for c in cells))
+  if 'calibration' in summary:
+    print_calibration(summary['calibration'], args.split)
   by_sampler = {}
   for sampler in [x for x in args.resample.split(',') if x]:
     per_seed = [resample(args, s, sampler) for s in seeds]
@@ -147,6 +169,10 @@ def main(argv):
       cells = [res[args.val_split]['diffusion']['accuracy']] + [
           res[args.split]['diffusion'][m] for m in ('accuracy', 'macro_f1', 'kappa_quadratic', 'auc_ovr_macro')]
       print(f'{sampler:22s} ' + ' '.join(f"{c['mean']:.4f} ± {c['std']:.4f}".rjust(18) for c in cells))
+    for sampler, res in by_sampler.items():
+      for split in (args.val_split, args.split):
+        if 'calibration' in res[split]:
+          print_calibration(res[split]['calibration'], f'{sampler}, {split}')
   name = args.name or pathlib.Path(args.config.split(':')[0]).stem
   out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'accuracy_{name}.json')
   out.parent.mkdir(parents=True, exist_ok=True)

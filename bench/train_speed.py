@@ -12,7 +12,8 @@ runs as config.cpu_tuning does on a CPU (glibc keeps freed memory, CPU forms of 
 freed pages handed back after building the state and after each compilation); --nocpu_tuning
 measures the defaults.
 
-    python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5]
+    python bench/train_speed.py --dcg_backbone=resnet50 [--batch=32] [--steps=5] [--remat=blocks]
+    python bench/train_speed.py --compile_only --remat=blocks  # XLA's buffer sizes, no steps
 
 Each configuration runs in its own process so peak memory is its own. Prints a table and writes
 bench/results/train_speed_<backbone>.json.
@@ -88,7 +89,7 @@ def timed(fn, *args, steps: int, threaded: bool = False, queued: bool = False):
 
 
 def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32',
-          cpu_tuning: bool = True):
+          cpu_tuning: bool = True, remat: str = 'none'):
   """(models, initialised state, real batch on the device): the APTOS recipe at 224 px."""
   import jax
   from configs import aptos
@@ -98,6 +99,7 @@ def setup(dcg_backbone: str, data_root: str, batch: int, dtype: str = 'float32',
   config.model.dcg_backbone = dcg_backbone
   config.model.dtype = dtype
   config.cpu_tuning = cpu_tuning
+  config.model.remat = remat
   models = train_state.build_models(config, steps_per_epoch=100)
   state = jax.jit(functools.partial(train_state.init_state, models, image_size=224))(jax.random.key(0))
   batch = jax.device_put(real_batch(pathlib.Path(data_root), batch))
@@ -113,11 +115,12 @@ def run(args) -> dict:
   from diffmic_jax.models import priors as dcg_priors
 
   models, state, batch = setup(args.dcg_backbone, args.data_root, args.batch, args.dtype,
-                               args.cpu_tuning)
+                               args.cpu_tuning, args.remat)
   print(f'{jax.devices()[0].device_kind}: state initialised', flush=True)
   key = jax.random.key(1)
   res = {'dcg_backbone': args.dcg_backbone, 'batch': args.batch, 'image_size': 224,
-         'dtype': args.dtype, 'queued': args.queued, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+         'dtype': args.dtype, 'remat': args.remat, 'queued': args.queued,
+         'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__,
          'machine': platform.processor() or platform.machine()}
 
@@ -126,6 +129,12 @@ def run(args) -> dict:
   pre, joint = train.compiled_steps(models, parallel.make_mesh(jax.devices()[:1]), cpu_tuning=True)
   res['xla_options'] = train.xla_options()
   jit = functools.partial(jax.jit, compiler_options=res['xla_options'])
+  if args.compile_only:  # XLA's buffer sizes alone: seconds instead of minutes of steps.
+    for name, fn, fargs in [('joint', joint, (state, batch, key)), ('dcg_pretrain', pre, (state, batch))]:
+      analysis = fn.lower(*fargs).compile().memory_analysis()
+      res[name] = {'xla_buffers_gb': {k: getattr(analysis, f'{k}_size_in_bytes') / 2**30
+                                      for k in ('argument', 'output', 'temp', 'alias')}}
+    return res
   # The joint step first: it is the headline figure, and on an accelerator whose compiler
   # autotunes every convolution, a capped run should still produce it.
   for name, fn in [('joint', joint), ('dcg_pretrain', pre)]:
@@ -189,9 +198,16 @@ def main(argv):
     host_memory.keep_freed_memory()
   res = run(args)
   res['keep_freed_memory'] = host_memory.in_force()
-  print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}")
-  print(table(res))
+  print(f"DCG {args.dcg_backbone}, batch {args.batch}, 224 px, {res['device']}, remat {args.remat}")
+  if args.compile_only:
+    for name in ('joint', 'dcg_pretrain'):
+      print(f"{name} step, XLA's buffers (GB): " + ', '.join(
+          f'{k} {v:.3f}' for k, v in res[name]['xla_buffers_gb'].items()))
+  else:
+    print(table(res))
   suffix = '' if args.dtype == 'float32' else f'_{args.dtype}'
+  suffix += '' if args.remat == 'none' else f'_remat_{args.remat}'
+  suffix += '_buffers' if args.compile_only else ''
   out = pathlib.Path(args.out or REPO / 'bench' / 'results' / f'train_speed_{args.dcg_backbone}{suffix}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(res, indent=2))
@@ -203,7 +219,9 @@ def _define_flags():
   flags.DEFINE_integer('batch', 32, 'Batch size.')
   flags.DEFINE_integer('steps', 5, 'Timed steps.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+  flags.DEFINE_enum('remat', 'none', ['none', 'conv_outputs', 'blocks'], 'config.model.remat.')
   flags.DEFINE_bool('parts', True, 'Also time the joint step part by part.')
+  flags.DEFINE_bool('compile_only', False, "Only compile both steps and report XLA's buffers.")
   flags.DEFINE_bool('queued', False, 'Call each train step before the previous one has '
                     'finished (what train.py does on accelerators).')
   flags.DEFINE_string('data_root', str(REPO.parent / 'shared' / 'data'), 'Real images.')

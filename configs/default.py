@@ -63,9 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 6144  # Epsilon-network width (encoder projection and hidden layers).
   c.model.prior_input = 'fused'  # 'fused': [y_t, y_hat] (code); 'global_local': [y_t, y_g, y_l] (paper).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on TPU halves activation memory).
+  # Train-mode ResNet blocks recomputed in the backward pass, for memory: 'none', 'conv_outputs'
+  # (keep the convolutions' outputs, recompute BatchNorm and ReLU) or 'blocks' (keep only each
+  # block's input). Values and gradients are the same; see docs/benchmarks.md, Memory.
+  c.model.remat = 'none'
   # Converted ImageNet weights (diffmic-convert-weights) for both DCG trunks; None: random init.
   c.model.pretrained = config_dict.placeholder(str)
   c.model.eps_pretrained = config_dict.placeholder(str)  # Its encoder's; None, as official.
+  # 'dcg': the encoder starts stage 2 as a copy of the trained DCG's global trunk (same backbone,
+  # width and stem), so it sees the image as a classifier does; 'random': as official.
+  c.model.eps_init = 'random'
 
   # ---- diffusion ----
   c.diffusion = ml_collections.ConfigDict()
@@ -100,6 +107,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.min_lr = 0.0
   c.train.grad_clip = 1.0  # Global-norm clip on epsilon-network gradients.
   c.train.ema_decay = 0.9999  # EMA of epsilon-network params; 0 disables.
+  # Prior dropout: each training image's DCG prior (in the forward process and as the network's
+  # input) is replaced with this probability by the uniform prior ('uniform') or by another
+  # image's prior of the batch ('shuffle'), so the noise cannot be predicted from the prior alone.
+  # 0: as official.
+  c.train.prior_dropout = 0.0
+  c.train.prior_dropout_to = 'uniform'
   # Evaluate with the EMA params. Off, as officially (its EMA is never used); the EMA is paired
   # with the running BatchNorm statistics that the raw params collected.
   c.train.eval_with_ema = False
@@ -125,6 +138,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.val_num_steps = config_dict.placeholder(int)
   c.eval.num_samples = 1  # M draws per image: mean probability, vote, uncertainty.
   c.eval.splits = ('test',)  # Splits evaluated at the end of training / in evaluate mode.
+  # The temperature of the reported probabilities is fitted on data.val_split once per checkpoint
+  # (<workdir>/calibration/step_<N>.json); True fits it again.
+  c.eval.refit_temperature = False
   c.eval.save_saliency = False  # predict mode: write saliency maps with ROI boxes.
   c.eval.max_saliency_images = 64  # predict mode: overlays for the first N images only.
   # predict --input: leave out images that cannot be read, listed in skipped.txt beside the CSV.

@@ -12,6 +12,8 @@ from diffmic_jax.models import resnet
 
 # The validation scores that can pick the best checkpoint.
 SELECT_METRICS = ('accuracy', 'macro_f1', 'kappa_quadratic')
+PRIOR_DROPOUT_TO = ('uniform', 'shuffle')  # train.prior_dropout_to (train_steps.drop_priors).
+EPS_INITS = ('random', 'dcg')  # model.eps_init.
 BETA_SCHEDULES = ('linear', 'quadratic', 'cosine')
 DTYPES = ('float32', 'bfloat16')
 PRIOR_INPUTS = ('fused', 'global_local')
@@ -99,6 +101,7 @@ RULES = {
     'model.feature_dim': positive,
     'model.prior_input': one_of(PRIOR_INPUTS),
     'model.dtype': one_of(DTYPES),
+    'model.remat': one_of(resnet.REMAT_CHOICES),
     'diffusion.timesteps': positive,
     'diffusion.beta_schedule': one_of(BETA_SCHEDULES),
     'diffusion.beta_start': lambda v: (_number(v) and 0 < v < 1, 'a number in (0, 1)'),
@@ -117,6 +120,9 @@ RULES = {
     'train.grad_clip': positive_number,
     'train.ema_decay': decay,
     'train.eval_with_ema': boolean,
+    'train.prior_dropout': lambda v: (_number(v) and 0 <= v < 1, 'a probability in [0, 1)'),
+    'train.prior_dropout_to': one_of(PRIOR_DROPOUT_TO),
+    'model.eps_init': one_of(EPS_INITS),
     'train.log_every_steps': positive,
     'train.checkpoint_every_steps': optional_positive,
     'train.checkpoint_every_minutes': lambda v: (
@@ -132,6 +138,7 @@ RULES = {
     'eval.num_samples': positive,
     'eval.splits': splits,
     'eval.save_saliency': boolean,
+    'eval.refit_temperature': boolean,
     'eval.skip_unreadable': boolean,
 }
 

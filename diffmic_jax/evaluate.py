@@ -23,8 +23,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from diffmic_jax import (checkpoint, data, metrics, parallel, preemption, report, sampling,
-                         train_state)
+from diffmic_jax import (calibration, checkpoint, data, metrics, parallel, preemption, report,
+                         sampling, train_state)
 from diffmic_jax.data import files
 from diffmic_jax.data.dataset import builder_config_of, data_source
 from diffmic_jax.data.normalize import normalize
@@ -50,15 +50,18 @@ def uses_ema(config) -> bool:
   return bool(config.train.eval_with_ema and config.train.ema_decay > 0)
 
 
-def sample_from_features(models: Models, spec: SamplerSpec, eps_vars, feats, priors, key):
-  """The diffusion's (M, B, K) sampled probabilities, from the epsilon network's encoder features
-  and the DCG's priors (y_hat, y_hat_g, y_hat_l): the reverse chain runs only the head."""
+def sample_from_features(models: Models, spec: SamplerSpec, eps_vars, feats, priors, key,
+                         y0: bool = False):
+  """The diffusion's (M, B, K) sampled probabilities (with y0, the sampled y_0 themselves), from
+  the epsilon network's encoder features and the DCG's priors (y_hat, y_hat_g, y_hat_l): the
+  reverse chain runs only the head."""
   y_hat, y_hat_g, y_hat_l = priors
   cond = y_hat if models.eps.prior_input == 'fused' else (y_hat_g, y_hat_l)
   head = lambda f, y_t, p, t: models.eps.apply(eps_vars, f, y_t, p, t, False,
                                                 method=EpsilonNet.head)
-  return sampling.sample_probs(models.schedule, head, feats, cond, y_hat, key, method=spec.method,
-                               num_steps=spec.num_steps, num_samples=spec.num_samples)
+  sample = sampling.sample_y0 if y0 else sampling.sample_probs
+  return sample(models.schedule, head, feats, cond, y_hat, key, method=spec.method,
+                num_steps=spec.num_steps, num_samples=spec.num_samples)
 
 
 def make_predict_fn(models: Models, spec: SamplerSpec):
@@ -71,8 +74,9 @@ def make_predict_fn(models: Models, spec: SamplerSpec):
     out = models.dcg.apply(dcg_vars, x, train=False)
     priors = dcg_priors(out)
     feats = models.eps.apply(eps_vars, x, False, method=EpsilonNet.encode)
-    probs = sample_from_features(models, spec, eps_vars, feats, priors, key)
-    return {'dcg_prob': priors[0], 'sample_probs': probs, 'saliency': out['saliency'],
+    y0 = sample_from_features(models, spec, eps_vars, feats, priors, key, y0=True)
+    return {'dcg_prob': priors[0], 'sample_probs': jax.nn.softmax(y0, -1), 'sample_y0': y0,
+            'saliency': out['saliency'],
             'roi_boxes': out['roi_boxes'], 'attention': out['attention']}
 
   return jax.jit(predict)
@@ -85,6 +89,9 @@ def _gather(tree: dict) -> dict:
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+_PER_SAMPLE = ('sample_probs', 'sample_y0')  # (M, N, K): the examples lie on axis 1.
+
+
 def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
                   keep_saliency: bool = False, progress=None, stop=None) -> dict:
   """Runs `predict_fn` over an eval iterable; returns host arrays ordered by example index.
@@ -93,39 +100,44 @@ def predict_split(predict_fn, dcg_vars, eps_vars, eval_batches, mesh, key, *,
   within one batch, by raising preemption.Interrupted, instead of after the whole split.
 
   Returns:
-    {'index' (N,), 'label' (N,), 'dcg_prob' (N, K), 'sample_probs' (M, N, K)} and, with
-    keep_saliency, 'saliency', 'roi_boxes', 'attention'.
+    {'index' (N,), 'label' (N,), 'dcg_prob' (N, K), 'sample_probs' (M, N, K)}, 'sample_y0'
+    (M, N, K) when predict_fn gives it, and, with keep_saliency, 'saliency', 'roi_boxes',
+    'attention'.
   """
-  keys = ['dcg_prob', 'sample_probs'] + (['saliency', 'roi_boxes', 'attention'] if keep_saliency else [])
+  keys = ['dcg_prob', 'sample_probs', 'sample_y0'] + (['saliency', 'roi_boxes', 'attention']
+                                                      if keep_saliency else [])
   parts = []
   for i, local in enumerate(eval_batches):
     if stop is not None and (signum := stop()):
       raise preemption.Interrupted(signum)
     batch = parallel.global_batch(local, mesh)
     out = predict_fn(dcg_vars, eps_vars, batch['image'], jax.random.fold_in(key, i))
-    host = _gather({**{k: out[k] for k in keys},
+    host = _gather({**{k: out[k] for k in keys if k in out},
                     **{k: batch[k] for k in ('label', 'mask', 'index')}})
     m = host.pop('mask').astype(bool)
-    host['sample_probs'] = host['sample_probs'][:, m]
-    parts.append({k: (v if k == 'sample_probs' else v[m]) for k, v in host.items()})
+    for k in set(_PER_SAMPLE) & set(host):
+      host[k] = host[k][:, m]
+    parts.append({k: (v if k in _PER_SAMPLE else v[m]) for k, v in host.items()})
     if progress is not None:
       progress.update(int(m.sum()))
   if not parts:
     raise ValueError('the evaluation split yielded no batches')
-  merged = {k: np.concatenate([p[k] for p in parts], axis=1 if k == 'sample_probs' else 0)
+  merged = {k: np.concatenate([p[k] for p in parts], axis=1 if k in _PER_SAMPLE else 0)
             for k in parts[0]}
   order = np.argsort(merged['index'], kind='stable')
-  merged = {k: (v[:, order] if k == 'sample_probs' else v[order]) for k, v in merged.items()}
+  merged = {k: (v[:, order] if k in _PER_SAMPLE else v[order]) for k, v in merged.items()}
   if len(np.unique(merged['index'])) != len(merged['index']):
     raise AssertionError('an evaluation example was counted twice')
   return merged
 
 
-def split_results(pred: dict, num_classes: int, split: str, protocol: str) -> dict:
-  """Whole-split metrics for the DCG alone, the diffusion's mean probability and its vote."""
+def split_results(pred: dict, num_classes: int, split: str, protocol: str,
+                  temperature: float | None = None) -> dict:
+  """Whole-split metrics for the DCG alone, the diffusion's mean probability and its vote; with a
+  temperature, also every calibrated probability and uncertainty (calibration.assess)."""
   summary = metrics.summarize_samples(pred['sample_probs'])
   labels = pred['label']
-  return {
+  out = {
       'split': split,
       'protocol': protocol,
       'n': int(len(labels)),
@@ -135,6 +147,10 @@ def split_results(pred: dict, num_classes: int, split: str, protocol: str) -> di
                                              pred=summary['vote']),
       'mean_uncertainty': float(np.mean(summary['uncertainty'])),
   }
+  if temperature is not None:
+    out['calibration'] = calibration.assess(labels, pred['sample_y0'], pred['dcg_prob'],
+                                            temperature)
+  return out
 
 
 def _eval_batches(config, split: str):
@@ -183,8 +199,42 @@ def _sample(config, predict, mesh, state, batches, total: int, desc: str,
                          progress=bar, stop=stop)
 
 
+def temperature_path(workdir: str, step: int) -> epath.Path:
+  """Where the temperature of checkpoint `step` is kept, beside the run's checkpoints."""
+  return epath.Path(workdir) / 'calibration' / f'step_{step}.json'
+
+
+def fitted_temperature(config, predict, mesh, state, workdir: str, step: int, stop=None) -> dict:
+  """{'temperature', ...} of checkpoint `step` under config.eval's chain.
+
+  The saved one, unless config.eval.refit_temperature or it was fitted with another chain or
+  number of samples; else fitted on config.data.val_split and saved when nothing was saved (and
+  the workdir is writable). Without a validation split, T = 1: the official read-out.
+  """
+  path = temperature_path(workdir, step)
+  sampler = _test_spec(config).describe(config.diffusion.timesteps)
+  saved = calibration.load_temperature(path)
+  if saved is not None and saved.get('sampler') == sampler and not config.eval.refit_temperature:
+    return saved
+  val = config.data.val_split
+  if not val:
+    return {'temperature': 1.0, 'fitted_on': None}
+  pred = _sample(config, predict, mesh, state, _eval_batches(config, val),
+                 data.num_examples(config.data, val), f'calibrate on {val}', stop=stop)
+  mean_prob = calibration.per_image(pred['sample_y0'], 1.0)['mean_prob']
+  fitted = {'temperature': calibration.fit_temperature(pred['label'], mean_prob), 'fitted_on': val,
+            'n': int(len(pred['label'])), 'step': int(step), 'sampler': sampler}
+  logging.info('temperature %.4f fitted on %s (n = %d)', fitted['temperature'], val, fitted['n'])
+  if jax.process_index() == 0 and (saved is None or config.eval.refit_temperature):
+    try:
+      calibration.save_temperature(path, **fitted)
+    except OSError as e:  # A read-only workdir: the reports still record the temperature used.
+      logging.warning('could not save the temperature to %s: %s', path, e)
+  return fitted
+
+
 def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predict=None,
-                    stop=None) -> dict:
+                    temperature: float | None = None, stop=None) -> dict:
   """Whole-split results of `state` on `split` under config.eval (nothing written)."""
   spec = _test_spec(config)
   pred = _sample(config, predict or make_predict_fn(models, spec), mesh, state,
@@ -192,15 +242,18 @@ def _evaluate_split(config, models, mesh, state, split: str, chosen: str, predic
                  f'sample {split}', stop=stop)
   protocol = (f"{chosen}; {spec.describe(config.diffusion.timesteps)}; "
               f"{'EMA' if uses_ema(config) else 'raw'} epsilon-network params; seed {config.seed}")
-  return split_results(pred, config.num_classes, split, protocol)
+  return split_results(pred, config.num_classes, split, protocol, temperature)
 
 
-def evaluate_splits(config, workdir, models, mesh, state, chosen: str, stop=None) -> dict:
-  """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports."""
+def evaluate_splits(config, workdir, models, mesh, state, chosen: str, step: int,
+                    stop=None) -> dict:
+  """A training run's final evaluation: config.eval.splits, reported in <workdir>/reports, with
+  the temperature of checkpoint `step` fitted on validation first."""
   predict = make_predict_fn(models, _test_spec(config))
+  t = fitted_temperature(config, predict, mesh, state, workdir, step, stop)['temperature']
   out = {}
   for split in config.eval.splits:
-    res = _evaluate_split(config, models, mesh, state, split, chosen, predict, stop)
+    res = _evaluate_split(config, models, mesh, state, split, chosen, predict, t, stop)
     if jax.process_index() == 0:
       paths = report.write_report(res, str(epath.Path(workdir) / 'reports'), split)
       logging.info('%s results (%s):\n%s', split, paths['txt'], report.format_table(res))
@@ -312,8 +365,9 @@ def evaluate_checkpoint(config, workdir: str, which: str = 'best',
   """
   r = restore(config, workdir, which)
   predict = make_predict_fn(r.models, _test_spec(config))
+  t = fitted_temperature(config, predict, r.mesh, r.state, workdir, r.step)['temperature']
   results = {split: _evaluate_split(config, r.models, r.mesh, r.state, split, r.description,
-                                    predict) for split in config.eval.splits}
+                                    predict, t) for split in config.eval.splits}
   if jax.process_index() == 0:
     for split, res in results.items():
       out = claim_dir(output_dir or workdir, 'eval', r.step, split)
@@ -367,7 +421,15 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
   pred = _sample(config, make_predict_fn(r.models, _test_spec(config)), r.mesh, r.state, batches,
                  len(ids), f'predict {source}', keep_saliency=e.save_saliency)
   summary = metrics.summarize_samples(pred['sample_probs'])
-  result = {'n': int(len(pred['index'])), 'checkpoint': r.description}
+  saved = calibration.load_temperature(temperature_path(workdir, r.step))
+  if saved is None:
+    logging.warning('no temperature saved for step %d under %s: probabilities use T = 1 (the '
+                    'official read-out); `--mode=evaluate` fits and saves it', r.step, workdir)
+  elif saved.get('sampler') != _test_spec(config).describe(config.diffusion.timesteps):
+    logging.warning('the saved temperature was fitted with %s; this prediction samples otherwise',
+                    saved.get('sampler'))
+  temperature = 1.0 if saved is None else saved['temperature']
+  result = {'n': int(len(pred['index'])), 'checkpoint': r.description, 'temperature': temperature}
   if jax.process_index() == 0:
     out = claim_dir(output_dir or workdir, 'predict', r.step, source)
     _write_config(config, out)
@@ -376,10 +438,14 @@ def predict(config, workdir: str, which: str = 'best', *, split: str | None = No
       (out / 'skipped.txt').write_text('\n'.join(skipped) + '\n')
       logging.warning('left out %d unreadable images, listed in %s', len(skipped),
                       out / 'skipped.txt')
-    report.write_predictions_csv(result['csv'], [ids[i] for i in pred['index']],
-                                 pred['label'] if labelled else None, summary['mean_prob'],
-                                 summary['vote'], summary['uncertainty'], pred['dcg_prob'],
-                                 vote_agreement=summary['vote_agreement'])
+    img = calibration.per_image(pred['sample_y0'], temperature)
+    report.write_predictions_csv(
+        result['csv'], [ids[i] for i in pred['index']], pred['label'] if labelled else None,
+        img['probs'], summary['vote'], img['uncertainty'], pred['dcg_prob'],
+        vote_agreement=summary['vote_agreement'],
+        extra={'interval_width': img['interval_width'], 'ttest_p': img['ttest_p'],
+               **{f'vote_p_{c}': img['votes'][:, c] for c in range(config.num_classes)},
+               **{f'mean_p_{c}': img['mean_prob'][:, c] for c in range(config.num_classes)}})
     if e.save_saliency:
       _save_overlays(config, records, ids, pred, summary, labelled, out / 'saliency',
                      e.max_saliency_images)

@@ -90,10 +90,60 @@ def format_table(results: dict) -> str:
   header = ('class', 'support', 'DCG P', 'DCG R', 'DCG F1', 'diffusion P', 'diffusion R',
             'diffusion F1', 'F1 delta')
   lines += _grid(header, _per_class_rows(dcg, diff, results.get('class_names')))
+  if results.get('calibration'):
+    lines += [''] + _calibration_lines(results['calibration'])
   notes = [f'{who}: {n}' for who in ('dcg', 'diffusion') for n in results[who].get('notes', [])]
   if notes:
     lines += ['', 'notes:'] + [f'  {n}' for n in notes]
   return '\n'.join(lines)
+
+
+# Names of calibration.assess's candidates as the tables print them.
+_PROB_NAMES = {'dcg': 'DCG alone', 'mean': 'diffusion, mean softmax(y_0) (official)',
+               'temperature': 'diffusion, temperature-scaled', 'vote': 'diffusion, vote distribution'}
+_UNC_NAMES = {
+    'entropy_calibrated': 'diffusion: entropy of the temperature-scaled probability',
+    'entropy_mean': 'diffusion: entropy of mean softmax(y_0) (official)',
+    'one_minus_max_calibrated': 'diffusion: 1 - max temperature-scaled probability',
+    'one_minus_vote_agreement': 'diffusion: 1 - vote agreement',
+    'interval_width': "diffusion: 95% interval width of the class's y_0 (CARD)",
+    'ttest_p': 'diffusion: paired t-test p, top two classes (CARD)',
+    'dcg_one_minus_max': 'DCG: 1 - max probability', 'dcg_entropy': 'DCG: entropy'}
+
+
+def _calibration_lines(cal: dict) -> list:
+  """The probabilities' calibration and the uncertainties' ranking of errors, as two tables."""
+  chosen = cal['chosen']
+  lines = [f"probabilities (temperature T = {cal['temperature']:.4f}, fitted on validation; "
+           f"reported: {chosen['probabilities']})"]
+  rows = [[_PROB_NAMES.get(k, k)] + [_num(v[m]) for m in ('accuracy', 'ece', 'nll', 'brier',
+                                                           'auc_ovr_macro')]
+          for k, v in cal['probabilities'].items()]
+  lines += _grid(('probabilities', 'accuracy', 'ECE', 'NLL', 'Brier', 'AUC'), rows)
+  lines += ['', f"uncertainty (reported: {chosen['uncertainty']}); AURC: lower is better; "
+                'accuracy on the most / least certain half; range of the values']
+  rows = [[_UNC_NAMES.get(k, k), _num(v['aurc']), _num(v['accuracy_certain_half']),
+           _num(v['accuracy_uncertain_half']),
+           f"{_num(v['spread']['min'], '.3f')} / {_num(v['spread']['median'], '.3f')} / "
+           f"{_num(v['spread']['max'], '.3f')}"] for k, v in cal['uncertainty'].items()]
+  return lines + _grid(('uncertainty', 'AURC', 'certain half', 'uncertain half',
+                        'min / median / max'), rows)
+
+
+def _plot_selective(results: dict, path: str) -> None:
+  """Accuracy against coverage, most certain first, for the chosen uncertainty and the DCG's."""
+  cal = results['calibration']
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for key, style in ((cal['chosen']['uncertainty'], '-'), ('dcg_one_minus_max', '--')):
+    curve = cal['selective'][key]
+    ax.plot(curve['coverage'], curve['accuracy'], style,
+            label=f"{_UNC_NAMES.get(key, key)}, AURC {cal['uncertainty'][key]['aurc']:.3f}")
+  ax.set(xlabel='coverage (most certain images kept)', ylabel='accuracy', xlim=(0, 1),
+         title=f"selective classification, {results.get('split', '')} "
+               f"(n = {results['diffusion']['n']})")
+  ax.legend(loc='lower left', fontsize=7)
+  fig.tight_layout()
+  _savefig(fig, path)
 
 
 def _jsonable(x):
@@ -142,11 +192,16 @@ def _plot_confusion(cm, path: str, title: str, class_names=None) -> None:
 def _plot_reliability(results: dict, path: str) -> None:
   fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6.5), height_ratios=(3, 1), sharex=True)
   ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfect calibration')
-  for who, style, label in (('dcg', 's-', 'DCG alone'), ('diffusion', 'o-', 'diffusion (mean)')):
-    rel = results[who]['reliability']
+  series = [(results[who], style, label) for who, style, label in
+            (('dcg', 's-', 'DCG alone'), ('diffusion', 'o-', 'diffusion (mean)'))]
+  if results.get('calibration'):
+    series.append((results['calibration']['probabilities']['temperature'], '^-',
+                   'diffusion (temperature-scaled)'))
+  for res, style, label in series:
+    rel = res['reliability']
     pts = [(c, a) for c, a in zip(rel['confidence'], rel['accuracy']) if c is not None]
     if pts:
-      ax.plot(*zip(*pts), style, ms=4, label=f"{label}, ECE {results[who]['ece']:.3f}")
+      ax.plot(*zip(*pts), style, ms=4, label=f"{label}, ECE {res['ece']:.3f}")
     edges = np.asarray(rel['edges'])
     hist.stairs(rel['count'], edges, label=label)
   ax.set(ylabel='accuracy', xlim=(0, 1), ylim=(0, 1),
@@ -167,7 +222,8 @@ def write_report(results: dict, out_dir: str, name: str) -> dict:
 
   Returns:
     {'json', 'txt', 'confusion', 'reliability'}: the paths of <name>.json, <name>.txt,
-    <name>_confusion.png (diffusion prediction) and <name>_reliability.png (diffusion and DCG).
+    <name>_confusion.png (diffusion prediction) and <name>_reliability.png (diffusion and DCG);
+    with results['calibration'], also 'selective': <name>_selective.png.
   """
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -179,35 +235,41 @@ def write_report(results: dict, out_dir: str, name: str) -> dict:
   _plot_confusion(results['diffusion']['confusion_matrix'], paths['confusion'],
                   f"diffusion (mean prob), {results.get('split', '')}", results.get('class_names'))
   _plot_reliability(results, paths['reliability'])
+  if results.get('calibration'):
+    paths['selective'] = str(out / f'{name}_selective.png')
+    _plot_selective(results, paths['selective'])
   return paths
 
 
 def write_predictions_csv(path: str, ids, labels, mean_prob, vote, uncertainty, dcg_prob,
-                          class_names=None, vote_agreement=None) -> str:
-  """One row per image: id, label, pred, p_0..p_{K-1}, uncertainty, [vote_agreement], DCG's view.
+                          class_names=None, vote_agreement=None, extra=None) -> str:
+  """One row per image: id, label, pred, p_0..p_{K-1}, uncertainty, [vote_agreement], [extra],
+  DCG's view.
 
   Args:
     path: the CSV file (local or a URL); its folder must exist.
     ids: (N,) image ids or dataset indices.
     labels: (N,) true classes, or None (written as empty cells).
-    mean_prob, dcg_prob: (N, K) probabilities of the diffusion (mean of samples) and the DCG.
+    mean_prob, dcg_prob: (N, K) the diffusion's reported probabilities and the DCG's.
     vote: (N,) the diffusion's prediction (majority vote).
-    uncertainty: (N,) normalised entropy of mean_prob.
+    uncertainty: (N,) the diffusion's reported uncertainty (docs/evaluate.md).
     class_names: K names; adds label_name and pred_name columns.
     vote_agreement: (N,) fraction of samples agreeing with the vote; a column when given.
+    extra: {column: (N,) numbers}, columns written after vote_agreement in this order.
 
   Returns:
     path.
   """
   mean_prob, dcg_prob = np.asarray(mean_prob), np.asarray(dcg_prob)
   n, k = mean_prob.shape
+  extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
   for what, v in (('ids', ids), ('labels', labels), ('vote', vote), ('uncertainty', uncertainty),
-                  ('dcg_prob', dcg_prob), ('vote_agreement', vote_agreement)):
+                  ('dcg_prob', dcg_prob), ('vote_agreement', vote_agreement), *extra.items()):
     if v is not None and len(v) != n:
       raise ValueError(f'{what} has {len(v)} rows, mean_prob has {n}')
   names = ['label_name', 'pred_name'] if class_names is not None else []
   header = (['id', 'label', 'pred'] + names + [f'p_{c}' for c in range(k)] + ['uncertainty']
-            + (['vote_agreement'] if vote_agreement is not None else [])
+            + (['vote_agreement'] if vote_agreement is not None else []) + list(extra)
             + ['dcg_pred'] + [f'dcg_p_{c}' for c in range(k)])
   f = io.StringIO(newline='')
   w = csv.writer(f)
@@ -220,6 +282,7 @@ def write_predictions_csv(path: str, ids, labels, mean_prob, vote, uncertainty, 
     row += [f'{p:.6f}' for p in mean_prob[i]] + [f'{float(uncertainty[i]):.6f}']
     if vote_agreement is not None:
       row.append(f'{float(vote_agreement[i]):.6f}')
+    row += [f'{float(v[i]):.6f}' for v in extra.values()]
     row += [int(np.argmax(dcg_prob[i]))] + [f'{p:.6f}' for p in dcg_prob[i]]
     w.writerow(row)
   epath.Path(path).write_bytes(f.getvalue().encode())  # Bytes: the csv module's \r\n kept as is.

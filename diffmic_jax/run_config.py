@@ -23,7 +23,8 @@ SAVED_NAME = 'config_train.json'
 PATH = os.path.abspath(__file__)  # What main.py names as --config for a saved run.
 EVAL_OVERRIDES = ('eval.', 'data.data_dir', 'data.manual_dir')  # Prefixes and fields allowed.
 # Evaluation fields newer than some saved runs, with their defaults (configs/default.py).
-NEWER_EVAL_FIELDS = {'max_saliency_images': 64, 'skip_unreadable': False}
+NEWER_EVAL_FIELDS = {'max_saliency_images': 64, 'refit_temperature': False,
+                     'skip_unreadable': False}
 
 
 class SavedConfigError(UserError, ValueError):

@@ -99,9 +99,9 @@ def ddim_chain(schedule: CARDSchedule, eps_fn: EpsFn, y_hat, key, num_steps: int
   return y_0
 
 
-def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat, key, *,
-                 method: str, num_steps: int, num_samples: int = 1):
-  """Class probabilities from `num_samples` reverse chains per image.
+def sample_y0(schedule: CARDSchedule, head: Callable, features, priors, y_hat, key, *,
+              method: str, num_steps: int, num_samples: int = 1):
+  """The sampled label vectors y_0 of `num_samples` reverse chains per image.
 
   Args:
     schedule: the training schedule.
@@ -115,7 +115,7 @@ def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat
     num_samples: M.
 
   Returns:
-    (M, B, K) softmax of each sampled y_0, as the official read-out.
+    (M, B, K) sampled y_0, before any read-out (calibration.py reads them).
   """
   b, k = y_hat.shape
   tile = lambda a: jnp.tile(a, (num_samples,) + (1,) * (a.ndim - 1))
@@ -133,4 +133,9 @@ def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat
     y0 = ddim_chain(schedule, eps_fn, y_hat_m, key, num_steps)
   else:
     raise ValueError(f"sampler must be one of {METHODS}, got {method!r}")
-  return jax.nn.softmax(y0, axis=-1).reshape(num_samples, b, k)
+  return y0.reshape(num_samples, b, k)
+
+
+def sample_probs(schedule: CARDSchedule, head: Callable, features, priors, y_hat, key, **kwargs):
+  """(M, B, K) softmax of each sampled y_0 (`sample_y0`'s arguments), as the official read-out."""
+  return jax.nn.softmax(sample_y0(schedule, head, features, priors, y_hat, key, **kwargs), axis=-1)

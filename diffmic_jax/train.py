@@ -234,6 +234,9 @@ def _stage_2_joint(run: _Run) -> None:
   """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
   a resumed run draws the noise and timesteps an uninterrupted run drew."""
   key = train_state.keys(run.config.seed)['train']
+  if run.config.model.get('eps_init', 'random') == 'dcg' and run.step == run.pre_steps:
+    run.state = train_state.eps_encoder_from_dcg(run.state)
+    logging.info('epsilon-network encoder: a copy of the trained DCG global trunk')
   _train(run, 'stage 2 (joint)', run.pre_steps, run.total,
          lambda state, batch, step, partial: (run.partial_steps[1] if partial else run.joint)(
              state, batch, jax.random.fold_in(key, step)))
@@ -385,12 +388,13 @@ def _final_evaluation(run: _Run) -> dict:
     _release(run)
   else:
     chosen = f'last state, step {int(state.step)} (no validation checkpoint)'
+  step = best_step if best_step is not None else int(state.step)
   if jax.process_count() > 1:  # A signal keeps its usual effect: processes cannot stop apart.
-    results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen)
+    results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen, step)
   else:
     with preemption.StepBoundary(run.mesh, None, agree=False) as stopper:
       try:
-        results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen,
+        results = evaluate_splits(config, run.workdir, run.models, run.mesh, state, chosen, step,
                                   stop=stopper.stop_now)
       except preemption.Interrupted as e:
         run.ckpt.close()

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffmic_jax import optim
+from diffmic_jax import errors, optim
 from diffmic_jax.diffusion import CARDSchedule
 from diffmic_jax.models import DCG, EpsilonNet
 
@@ -64,6 +64,8 @@ class Models:
   ema_decay: float
   ce_weight: float = 0.0  # The official --add_ce_loss: no gradient, see train_steps.
   eps_ce_weight: float = 0.0  # The same CE back-propagated into the epsilon network.
+  prior_dropout: float = 0.0  # config.train.prior_dropout; 0: the official step.
+  prior_dropout_to: str = 'uniform'
 
 
 def _dtype(name: str):
@@ -86,10 +88,11 @@ def build_models(config, steps_per_epoch: int) -> Models:
   dcg = DCG(config.num_classes, backbone=m.dcg_backbone, small_stem=m.small_stem,
             width=m.width, num_rois=m.num_rois, top_t_percent=m.top_t_percent,
             attention_dim=m.attention_dim, crop_first_channel=m.crop_first_channel, dtype=dtype,
-            cpu_tuning=cpu)
+            cpu_tuning=cpu, remat=m.remat)
   eps = EpsilonNet(config.num_classes, num_timesteps=config.diffusion.timesteps,
                    feature_dim=m.feature_dim, backbone=m.eps_backbone, small_stem=m.small_stem,
-                   width=m.width, prior_input=m.prior_input, dtype=dtype, cpu_tuning=cpu)
+                   width=m.width, prior_input=m.prior_input, dtype=dtype, cpu_tuning=cpu,
+                   remat=m.remat)
   total = max(1, t.epochs * steps_per_epoch)
   warmup = min(t.warmup_epochs * steps_per_epoch, total - 1)
   # Linear warm-up 0 -> lr, then half-cosine to min_lr at the last step (the official per-iteration
@@ -101,7 +104,9 @@ def build_models(config, steps_per_epoch: int) -> Models:
                 schedule=CARDSchedule.from_config(config.diffusion),
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
                 mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
-                ce_weight=config.loss.ce_weight, eps_ce_weight=config.loss.eps_ce_weight)
+                ce_weight=config.loss.ce_weight, eps_ce_weight=config.loss.eps_ce_weight,
+                prior_dropout=t.get('prior_dropout', 0.0),
+                prior_dropout_to=t.get('prior_dropout_to', 'uniform'))
 
 
 def init_state(models: Models, key, image_size: int) -> TrainState:
@@ -123,3 +128,19 @@ def state_from_variables(models: Models, dcg_vars: dict, eps_vars: dict) -> Trai
       dcg=NetState(dcg_vars['params'], dcg_vars['batch_stats'], models.dcg_tx.init(dcg_vars['params'])),
       eps=NetState(eps_vars['params'], eps_vars['batch_stats'], models.eps_tx.init(eps_vars['params'])),
       ema_params=eps_vars['params'])
+
+
+def eps_encoder_from_dcg(state: TrainState) -> TrainState:
+  """The state with the epsilon network's encoder (params, statistics, EMA) replaced by the DCG's
+  global trunk, which has the same architecture when both use one backbone, width and stem."""
+  src = {'params': state.dcg.params['global_net'], 'batch_stats': state.dcg.batch_stats['global_net']}
+  dst = {'params': state.eps.params['encoder'], 'batch_stats': state.eps.batch_stats['encoder']}
+  shape = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  if shape(src) != shape(dst):
+    raise errors.UserError('model.eps_init=dcg needs the DCG global trunk and the epsilon-network '
+                           'encoder to be the same network: set model.eps_backbone equal to '
+                           'model.dcg_backbone')
+  params = {**state.eps.params, 'encoder': src['params']}
+  stats = {**state.eps.batch_stats, 'encoder': src['batch_stats']}
+  return state.replace(eps=state.eps.replace(params=params, batch_stats=stats),
+                       ema_params={**state.ema_params, 'encoder': src['params']})

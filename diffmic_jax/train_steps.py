@@ -124,11 +124,31 @@ def _ema(models: Models, ema, params, step):
   return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
 
 
+def drop_priors(priors, key, rate: float, to: str):
+  """Prior dropout: each image's priors (y_hat, y_hat_g, y_hat_l) replaced, with probability
+  `rate`, by the uniform prior ('uniform') or by another image's priors ('shuffle'), all three
+  together, so that the epsilon network must read the image to predict the noise."""
+  k_drop, k_perm = jax.random.split(key)
+  b, kk = priors[0].shape
+  drop = jax.random.bernoulli(k_drop, rate, (b, 1))
+  if to == 'uniform':
+    other = (jnp.full((b, kk), 1.0 / kk, priors[0].dtype),) * len(priors)
+  elif to == 'shuffle':
+    perm = jax.random.permutation(k_perm, b)
+    other = tuple(p[perm] for p in priors)
+  else:
+    raise ValueError(f"prior dropout replaces by 'uniform' or 'shuffle', got {to!r}")
+  return tuple(jnp.where(drop, o, p) for o, p in zip(other, priors))
+
+
 def joint_step(models: Models, state: TrainState, batch: dict, key):
   """Stage 2: one epsilon-network update, then one DCG update, on the same batch (uint8 images)."""
   images, labels = normalize(batch['image']), batch['label']
   out = models.dcg.apply(state.dcg.variables(), images, train=False)
   priors = jax.lax.stop_gradient(dcg_priors(out))
+  if models.prior_dropout > 0:  # Its own key: the official draws stay as they are.
+    priors = drop_priors(priors, jax.random.fold_in(key, 1), models.prior_dropout,
+                         models.prior_dropout_to)
 
   grad_fn = jax.value_and_grad(diffusion_loss, argnums=1, has_aux=True)
   (_, (metrics, eps_stats)), grads = grad_fn(models, state.eps.params, state.eps.batch_stats,

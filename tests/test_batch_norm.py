@@ -1,7 +1,11 @@
 """The models' BatchNorm against float64 references of torch's BatchNorm statistics."""
 
+import contextlib
+import io
+
 import flax.linen as nn
 import jax
+from jax import ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,3 +86,58 @@ def test_models_use_the_torch_semantics_batch_norm():
                    width=4)
   y = jnp.zeros((2, 3))
   assert _norm_types(eps, x, y, y, jnp.zeros((2,), jnp.int32), train=True) == {batch_norm.BatchNorm}
+
+
+def _autodiff_batch_norm(x, scale, bias, epsilon):
+  """The train-mode forward written out, for autodiff: (output, mean, biased variance)."""
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) * (scale * jax.lax.rsqrt(var + epsilon)) + bias, mean, var
+
+
+def test_closed_form_gradients_equal_autodiff_in_float64():
+  x64_before = jax.config.jax_enable_x64
+  jax.config.update('jax_enable_x64', True)
+  try:
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(3.0 + 0.5 * rng.standard_normal((4, 3, 5, 6)))
+    scale, bias = jnp.asarray(rng.standard_normal(6)), jnp.asarray(rng.standard_normal(6))
+    # Cotangents for all three outputs: the statistics' own feed the running averages.
+    cot = (jnp.asarray(rng.standard_normal(x.shape)), jnp.asarray(rng.standard_normal(6)),
+           jnp.asarray(rng.standard_normal(6)))
+    out, vjp = jax.vjp(lambda *a: batch_norm.train_norm(*a, 1e-5), x, scale, bias)
+    ref_out, ref_vjp = jax.vjp(lambda *a: _autodiff_batch_norm(*a, 1e-5), x, scale, bias)
+    assert out[0].dtype == jnp.float64 and out[1].dtype == jnp.float64
+    for got, want in zip(out + vjp(cot), ref_out + ref_vjp(cot)):
+      np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+    # Through the module, as the models call it: the loss reads the output only.
+    module = batch_norm.BatchNorm(use_running_average=False)
+    variables = module.init(jax.random.key(0), x)
+
+    def loss(params, x):
+      y, _ = module.apply({**variables, 'params': params}, x, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(y))
+
+    def ref_loss(params, x):
+      return jnp.sum(jnp.sin(_autodiff_batch_norm(x, params['scale'], params['bias'], 1e-5)[0]))
+
+    params = {'scale': scale, 'bias': bias}
+    got, want = jax.grad(loss, (0, 1))(params, x), jax.grad(ref_loss, (0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), got, want)
+  finally:
+    jax.config.update('jax_enable_x64', x64_before)
+
+
+def test_backward_keeps_only_the_input_at_full_size():
+  x = jnp.asarray(_features(5, 2 * 4 * 4, 8, 1.0).reshape(2, 4, 4, 8))
+  scale, bias = jnp.ones(8), jnp.zeros(8)
+
+  def full_size(fn):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      ad_checkpoint.print_saved_residuals(lambda *a: fn(*a, 1e-5)[0].sum(), x, scale, bias)
+    return printed.getvalue().count('[2,4,4,8]')
+
+  assert full_size(batch_norm.train_norm) == 1
+  assert full_size(_autodiff_batch_norm) > 1

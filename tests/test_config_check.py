@@ -21,6 +21,7 @@ def test_shipped_configs_pass(module, arg):
     ('eval.val_sampler', 'ddpm', 'or None'),
     ('model.dcg_backbone', 'resnet101', "'resnet18'"),
     ('model.dtype', 'float16', "'float32', 'bfloat16'"),
+    ('model.remat', 'stages', "'none', 'blocks', 'conv_outputs'"),
     ('diffusion.beta_schedule', 'sigmoid', "'linear'"),
     ('train.batch_size', 0, 'a positive integer'),
     ('train.steps_per_epoch', -1, 'a positive integer, or None'),

@@ -147,8 +147,19 @@ def test_evaluate_with_the_saved_config_into_its_own_folders(run):
   got = json.loads((folder / 'report.json').read_text())
   trained = json.loads((workdir / 'reports' / 'test.json').read_text())
   assert got['n'] == 400 and got['diffusion'] == trained['diffusion'] and got['dcg'] == trained['dcg']
-  for name in ('report.txt', 'report_confusion.png', 'report_reliability.png', 'config.json'):
+  for name in ('report.txt', 'report_confusion.png', 'report_reliability.png',
+               'report_selective.png', 'config.json'):
     assert (folder / name).stat().st_size > 0, name
+  # The temperature the training run fitted on validation is the one evaluate used, and the
+  # calibrated probabilities keep the diffusion's argmax: the same accuracy.
+  saved = json.loads((workdir / 'calibration' / f'step_{run["best_step"]}.json').read_text())
+  assert saved['fitted_on'] == 'validation' and saved['temperature'] > 0
+  cal = got['calibration']
+  assert cal == trained['calibration'] and cal['temperature'] == saved['temperature']
+  assert cal['probabilities']['temperature']['accuracy'] == got['diffusion']['accuracy']
+  assert cal['probabilities']['dcg']['accuracy'] == got['dcg']['accuracy']
+  assert len(cal['selective']['entropy_calibrated']['accuracy']) == 400
+  assert 'AURC' in (folder / 'report.txt').read_text()
 
   # Into another folder (a read-only workdir would do) that already holds this evaluation, with
   # an evaluation override: a fresh folder beside the old one, which stays as it was.
@@ -207,8 +218,14 @@ def test_predict_new_images_without_a_dataset(run, data_root):
   assert [row['id'] for row in rows] == sorted([p.name for p in photos[:3]]) + ['more/wide.png']
   for row in rows:
     probs = [float(row[f'p_{k}']) for k in range(5)]
-    assert row['label'] == '' and abs(sum(probs) - 1) < 1e-4
+    mean = [float(row[f'mean_p_{k}']) for k in range(5)]
+    votes = [float(row[f'vote_p_{k}']) for k in range(5)]
+    assert row['label'] == '' and abs(sum(probs) - 1) < 1e-4 and abs(sum(votes) - 1) < 1e-6
+    top = sorted(probs)
+    if top[-1] - top[-2] > 2e-6:  # Resolved at the CSV's 6 decimals: the temperature keeps it.
+      assert np.argmax(probs) == np.argmax(mean)
     assert int(row['pred']) in range(5) and 0 <= float(row['uncertainty']) <= 1
+    assert 0 <= float(row['ttest_p']) <= 1 and float(row['interval_width']) >= 0
   overlays = sorted(p.name for p in (folder / 'saliency').iterdir())
   assert overlays == [pathlib.Path(row['id']).stem + '.png' for row in rows[:2]]
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from diffmic_jax import metrics
+from diffmic_jax import calibration, metrics
 from diffmic_jax import report
 
 
@@ -59,6 +59,25 @@ def test_write_report_files(tmp_path):
   _check_png(paths['reliability'])
 
 
+def test_report_with_calibration_tables_and_selective_plot(tmp_path):
+  """The probability and uncertainty tables, the selective plot and the calibrated reliability
+  curve, from calibration.assess on sampled y_0 around the labels."""
+  rng = np.random.default_rng(3)
+  k, n = 3, 80
+  labels = rng.integers(0, k, n)
+  y0 = np.eye(k)[labels][None] + rng.normal(0, 0.8, (4, n, k))
+  res = _results(k=k, n=n)
+  res['calibration'] = calibration.assess(labels, y0, np.full((n, k), 1 / k), 0.3)
+  paths = report.write_report(res, str(tmp_path), 'test')
+  _check_png(paths['selective'])
+  txt = open(paths['txt']).read()
+  for word in ('temperature T = 0.3000', 'diffusion, temperature-scaled', 'Brier', 'AURC',
+               'DCG: 1 - max probability', "CARD"):
+    assert word in txt, word
+  loaded = json.load(open(paths['json']))
+  assert len(loaded['calibration']['selective']['dcg_one_minus_max']['coverage']) == n
+
+
 def test_format_table_without_vote_and_with_undefined_auc():
   res = _results(k=3)
   res.pop('vote')
@@ -103,6 +122,13 @@ def test_predictions_csv_names_no_labels_and_agreement(tmp_path):
     rows = list(csv.DictReader(f))
   assert rows[1]['id'] == 'b.jpg' and rows[1]['label'] == '' and rows[1]['label_name'] == ''
   assert rows[1]['pred_name'] == 'malignant' and float(rows[1]['vote_agreement']) == 0.5
+  path = report.write_predictions_csv(
+      str(tmp_path / 'x.csv'), ['a.jpg', 'b.jpg'], None, mean_prob, [0, 1], [0.7, 0.9],
+      mean_prob, vote_agreement=[1.0, 0.5], extra={'ttest_p': [0.01, 1.0], 'vote_p_0': [1, 0.5]})
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  assert list(rows[0])[5:9] == ['uncertainty', 'vote_agreement', 'ttest_p', 'vote_p_0']
+  assert float(rows[0]['ttest_p']) == 0.01 and float(rows[1]['vote_p_0']) == 0.5
   with pytest.raises(ValueError, match='vote has 1 rows'):
     report.write_predictions_csv(str(tmp_path / 'q.csv'), [0, 1], None, mean_prob, [0], [0, 0],
                                  mean_prob)

@@ -197,3 +197,63 @@ def test_eps_ce_weight_back_propagates_the_term(setup):
   assert any(np.any(np.asarray(on_grads[k]) != np.asarray(off_grads[k])) for k in off_grads)
   for k, v in _flat(off_stats).items():
     np.testing.assert_array_equal(_flat(on_stats)[k], v, err_msg=k)
+
+
+def test_drop_priors_replaces_whole_rows_by_the_uniform_or_another_images_prior():
+  k = jax.random.split(jax.random.key(11), 3)
+  priors = tuple(jax.nn.softmax(jax.random.normal(kk, (256, 5))) for kk in k)
+  same = lambda a, b: np.all(np.isclose(np.asarray(a), np.asarray(b)), -1)
+  out = train_steps.drop_priors(priors, jax.random.key(12), 0.3, 'uniform')
+  dropped = same(out[0], 0.2)
+  assert 0.2 < dropped.mean() < 0.4  # About 30% of 256 rows.
+  for o, p in zip(out, priors):  # All three priors of a row go together; the rest stay.
+    np.testing.assert_array_equal(same(o, 0.2), dropped)
+    np.testing.assert_array_equal(np.asarray(o)[~dropped], np.asarray(p)[~dropped])
+  out = train_steps.drop_priors(priors, jax.random.key(12), 1.0, 'shuffle')
+  rows = {tuple(np.round(r, 6)) for r in np.asarray(priors[0])}
+  assert {tuple(np.round(r, 6)) for r in np.asarray(out[0])} == rows  # A permutation of the batch.
+  assert not same(out[0], priors[0]).all()
+  np.testing.assert_array_equal(
+      train_steps.drop_priors(priors, jax.random.key(12), 0.0, 'uniform')[2], priors[2])
+
+
+@pytest.mark.slow
+def test_prior_dropout_trains_against_the_replaced_prior(setup):
+  """On: the joint step's noise loss is the loss given the uniform prior for the dropped images
+  (all 8 at p = 0.999), not the loss given the DCG's priors. Off (0, the default) the step takes
+  the official path, which the other tests and the golden parity tests pin."""
+  _, models, state, batch = setup
+  assert models.prior_dropout == 0.0
+  key = jax.random.key(13)
+  images = normalize(batch['image'])
+  loss = jax.jit(lambda pri: train_steps.diffusion_loss(models, state.eps.params,
+                                                        state.eps.batch_stats, images,
+                                                        batch['label'], pri, key)[1][0])
+  official = loss(jax.lax.stop_gradient(dcg_priors(models.dcg.apply(state.dcg.variables(), images))))
+  uniform = loss((jnp.full((8, models.num_classes), 1 / models.num_classes),) * 3)
+  on = dataclasses.replace(models, prior_dropout=0.999)
+  _, metrics = jax.jit(lambda s, b, k: train_steps.joint_step(on, s, b, k))(state, batch, key)
+  np.testing.assert_allclose(metrics['mse'], uniform['mse'], rtol=1e-5)
+  assert abs(float(metrics['mse']) - float(official['mse'])) > 1e-4
+
+
+def test_eps_encoder_from_dcg_copies_the_global_trunk(setup):
+  _, models, state, _ = setup
+  new = train_state.eps_encoder_from_dcg(state)
+  for coll, src in (('params', new.dcg.params), ('batch_stats', new.dcg.batch_stats)):
+    got = _flat(getattr(new.eps, coll)['encoder'])
+    want = _flat(src['global_net'])
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  for k, v in _flat(new.ema_params['encoder']).items():
+    np.testing.assert_array_equal(v, _flat(state.dcg.params['global_net'])[k])
+  # The head and the DCG are untouched.
+  for k, v in _flat(state.eps.params).items():
+    if not k.startswith('encoder/'):
+      np.testing.assert_array_equal(_flat(new.eps.params)[k], v)
+  arch = 'resnet18' if models.eps.backbone == 'resnet_tiny' else 'resnet_tiny'
+  other = dataclasses.replace(models, eps=models.eps.clone(backbone=arch))
+  mismatched = train_state.init_state(other, jax.random.key(0), 28)
+  with pytest.raises(Exception, match='model.eps_backbone equal to model.dcg_backbone'):
+    train_state.eps_encoder_from_dcg(mismatched)

@@ -103,11 +103,12 @@ class DCG(nn.Module):
   crop_first_channel: bool = False
   dtype: Any = jnp.float32
   cpu_tuning: bool = False  # models/conv.py's XLA:CPU forms.
+  remat: str = 'none'  # Train-mode trunks: resnet.ResNet.remat.
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     trunk = dict(small_stem=self.small_stem, width=self.width, dtype=self.dtype,
-                 cpu_tuning=self.cpu_tuning)
+                 cpu_tuning=self.cpu_tuning, remat=self.remat)
     fmap = resnet.backbone(self.backbone, output='map', name='global_net', **trunk)(images, train)
     saliency = conv.conv(self.num_classes, 1, cpu_tuning=self.cpu_tuning,
                          kernel_init=torch_kernel_init, dtype=self.dtype,

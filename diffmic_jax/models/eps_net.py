@@ -60,13 +60,14 @@ class EpsilonNet(nn.Module):
   prior_input: str = 'fused'
   dtype: Any = jnp.float32
   cpu_tuning: bool = False  # models/conv.py's XLA:CPU forms in the encoder.
+  remat: str = 'none'  # The train-mode encoder: resnet.ResNet.remat.
 
   def setup(self):
     if self.prior_input not in ('fused', 'global_local'):
       raise ValueError(f"prior_input must be 'fused' or 'global_local', got {self.prior_input!r}")
     self.encoder = resnet.backbone(self.backbone, output='pooled', small_stem=self.small_stem,
                                    width=self.width, dtype=self.dtype,
-                                   cpu_tuning=self.cpu_tuning)
+                                   cpu_tuning=self.cpu_tuning, remat=self.remat)
     self.project = Linear(self.feature_dim, dtype=self.dtype)
     self.feature_bn = _batch_norm(self.dtype)
     self.layers = [ConditionalLinear(self.feature_dim, self.num_timesteps, self.dtype)

@@ -13,9 +13,25 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
+from jax import ad_checkpoint
 import jax.numpy as jnp
 
 from diffmic_jax.models import batch_norm, conv
+
+
+# What a rematerialised block keeps for its backward pass (ResNet.remat).
+REMAT_POLICIES = {
+    # Nothing: each block's forward runs again in the backward pass.
+    'blocks': None,
+    # The convolutions' outputs: only BatchNorm, ReLU and the residual add run again.
+    'conv_outputs': jax.checkpoint_policies.save_only_these_names('conv_output'),
+}
+REMAT_CHOICES = ('none', *REMAT_POLICIES)
+
+
+def _conv_output(y):
+  return ad_checkpoint.checkpoint_name(y, 'conv_output')
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> batch_norm.BatchNorm:
@@ -34,10 +50,11 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
-                  name='conv1')(x)
+    y = _conv_output(conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning,
+                               dtype=self.dtype, name='conv1')(x))
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv.conv(self.features, 3, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv2')(y)
+    y = _conv_output(conv.conv(self.features, 3, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
+                               name='conv2')(y))
     y = _batch_norm(train, self.dtype, 'bn2')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -52,13 +69,14 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = conv.conv(self.features, 1, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv1')(x)
+    y = _conv_output(conv.conv(self.features, 1, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
+                               name='conv1')(x))
     y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
-    y = conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
-                  name='conv2')(y)
+    y = _conv_output(conv.conv(self.features, 3, self.stride, cpu_tuning=self.cpu_tuning,
+                               dtype=self.dtype, name='conv2')(y))
     y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
-    y = conv.conv(self.features * 4, 1, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype,
-                  name='conv3')(y)
+    y = _conv_output(conv.conv(self.features * 4, 1, 1, cpu_tuning=self.cpu_tuning,
+                               dtype=self.dtype, name='conv3')(y))
     y = _batch_norm(train, self.dtype, 'bn3')(y)
     return nn.relu(y + _shortcut(self, x, train))
 
@@ -68,8 +86,8 @@ def _shortcut(block: nn.Module, x, train: bool):
   out_features = block.features * block.expansion
   if block.stride == 1 and x.shape[-1] == out_features:
     return x
-  y = conv.conv(out_features, 1, block.stride, cpu_tuning=block.cpu_tuning, dtype=block.dtype,
-                name='downsample_conv')(x)
+  y = _conv_output(conv.conv(out_features, 1, block.stride, cpu_tuning=block.cpu_tuning,
+                             dtype=block.dtype, name='downsample_conv')(x))
   return _batch_norm(train, block.dtype, 'downsample_bn')(y)
 
 
@@ -84,6 +102,8 @@ class ResNet(nn.Module):
     num_classes: head width when output == 'logits'.
     small_stem: 3x3 stride-1 stem without max-pool, for 28-64 px inputs (overall stride 8, not 32).
     cpu_tuning: models/conv.py's XLA:CPU forms of the convolutions and max-pool.
+    remat: 'none', or rematerialise each residual block in the backward pass, keeping what
+      REMAT_POLICIES names: the same values and gradients for less memory and more compute.
   """
   stage_sizes: Sequence[int]
   block_cls: Any
@@ -93,11 +113,17 @@ class ResNet(nn.Module):
   width: int = 64  # Stem / first-stage channels; torchvision's 64. Tests shrink it.
   dtype: Any = jnp.float32
   cpu_tuning: bool = False
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.output not in ('map', 'pooled', 'logits'):
       raise ValueError(f"ResNet.output must be 'map', 'pooled' or 'logits', got {self.output!r}")
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f'ResNet.remat must be one of {REMAT_CHOICES}, got {self.remat!r}')
+    block_cls = self.block_cls
+    if self.remat != 'none' and train:  # Eval passes keep nothing for a backward pass.
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
     x = x.astype(self.dtype)
     if self.small_stem:
       x = conv.conv(self.width, 3, 1, cpu_tuning=self.cpu_tuning, dtype=self.dtype, name='conv1')(x)
@@ -109,8 +135,8 @@ class ResNet(nn.Module):
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(self.width * 2**i, stride, self.dtype, self.cpu_tuning,
-                           name=f'layer{i + 1}_{j}')(x, train)
+        x = block_cls(self.width * 2**i, stride, self.dtype, self.cpu_tuning,
+                      name=f'layer{i + 1}_{j}')(x, train)
     if self.output == 'map':
       return x
     x = jnp.mean(x, axis=(1, 2))
