@@ -91,7 +91,9 @@ def test_trajectory_within_the_official_float32_drift(trajectories, stage):
     ref = want[k].astype(np.float64)
     drift = np.maximum.accumulate(want[f'drift/{k}'].astype(np.float64))
     allowed = FACTORS.get(k, DRIFT_FACTOR) * drift
-    allowed += 1e-6 * np.abs(ref)
+    # Plus float32 accumulation on any one step (sums over a batch's pixels in another order):
+    # 1e-5, ten times tighter than one step's gradient norms in test_golden_parity.py.
+    allowed += 1e-5 * np.abs(ref)
     off = np.abs(got[k] - ref)
     bad = np.flatnonzero(off > allowed)
     assert not bad.size, (f'{k}: steps {bad.tolist()} port {got[k][bad]} official {ref[bad]} '
