@@ -81,6 +81,8 @@ RULES = {
     'image_size': positive,
     'cpu_tuning': boolean,
     'data.stored_size': positive,
+    'data.encoding': one_of(('png', 'jpeg')),
+    'data.resize': one_of(('bilinear', 'bicubic')),
     'data.rotation_degrees': non_negative_number,
     'data.num_workers': non_negative,
     'data.read_threads': positive,

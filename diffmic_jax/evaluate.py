@@ -413,9 +413,9 @@ def _prediction_input(config, split: str | None, input_path: str | None):
   if input_path is not None:
     images = files.list_images(input_path, config.num_classes, config.eval.skip_unreadable)
     build = builder_config_of(config.data)
-    records = files.records(images, build.stored_size, build.encoding)
+    records = files.records(images, build.stored_size, build.encoding, build.resize)
     batches = files.make_file_iterator(
-        images, stored_size=build.stored_size, encoding=build.encoding,
+        images, stored_size=build.stored_size, encoding=build.encoding, resize=build.resize,
         image_size=config.image_size, global_batch_size=config.eval.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         read_threads=config.data.read_threads)

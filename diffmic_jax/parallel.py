@@ -49,8 +49,9 @@ def check_batch_sizes(config, mode: str) -> None:
     check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
 
 
-def global_batch(local: dict, mesh: Mesh) -> dict:
-  """Host-local numpy rows of this process -> global arrays sharded over 'data'."""
-  sharding = batch_sharded(mesh)
+def global_batch(local: dict, mesh: Mesh, replicate: bool = False) -> dict:
+  """Host-local numpy rows of this process -> global arrays sharded over 'data' (or, with one
+  process, replicated: a partial batch whose size need not divide over the devices)."""
+  sharding = replicated(mesh) if replicate else batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}

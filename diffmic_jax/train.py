@@ -32,15 +32,29 @@ class NonFiniteLossError(FloatingPointError):
   """A training loss became NaN or infinite."""
 
 
+def partial_last_batch(config) -> bool:
+  """Whether epochs end with a smaller batch, as the official DataLoader's (`drop_last=False`):
+  with one process and train.steps_per_epoch unset. Several processes' shards differ in size, so
+  there each epoch is whole batches only."""
+  fixed = config.train.steps_per_epoch
+  return (fixed is None or fixed <= 0) and jax.process_count() == 1
+
+
+def batches_per_epoch(n: int, batch_size: int, partial_last: bool) -> int:
+  """ceil(n / B) with the partial last batch, else whole batches only."""
+  return -(-n // batch_size) if partial_last else n // batch_size
+
+
 def steps_per_epoch(config) -> int:
-  """config.train.steps_per_epoch if set, else whole batches of the train split."""
+  """config.train.steps_per_epoch if set, else batches per pass over the train split: ceil(n / B)
+  with the partial last batch (one process), whole batches otherwise."""
   if (fixed := config.train.steps_per_epoch) is not None and fixed > 0:
     return fixed
-  n = data.num_examples(config.data, config.data.train_split)
-  if n < config.train.batch_size:
+  n, b = data.num_examples(config.data, config.data.train_split), config.train.batch_size
+  if n < b:
     raise UserError(f'train split has {n} examples, fewer than one batch of '
-                    f'{config.train.batch_size}: lower train.batch_size or add images')
-  return n // config.train.batch_size
+                    f'{b}: lower train.batch_size or add images')
+  return batches_per_epoch(n, b, partial_last_batch(config))
 
 
 def initial_state(config, models: train_state.Models, mesh):
@@ -73,9 +87,15 @@ def xla_options() -> dict:
   return {}
 
 
-def compiled_steps(models, mesh, cpu_tuning: bool = False):
-  """The two train steps, jitted once: state replicated and donated, batch sharded on 'data'."""
-  rep, shard = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+def compiled_steps(models, mesh, cpu_tuning: bool = False, replicated_batch: bool = False):
+  """The two train steps, jitted once: state replicated and donated, batch sharded on 'data'.
+
+  `replicated_batch`: the batch replicated instead, for an epoch's partial last batch, whose size
+  need not divide over the devices: each device computes the whole (small) batch, which keeps the
+  torch semantics exactly (no padding, no masks).
+  """
+  rep = parallel.replicated(mesh)
+  shard = rep if replicated_batch else parallel.batch_sharded(mesh)
   options = xla_options() if cpu_tuning else {}
   pretrain = jax.jit(functools.partial(dcg_pretrain_step, models), donate_argnums=0,
                      in_shardings=(rep, shard), out_shardings=(rep, rep), compiler_options=options)
@@ -127,6 +147,7 @@ class _Run:
   validator: Any = None
   pretrain: Any = None
   joint: Any = None
+  partial_steps: Any = None  # (pretrain, joint) for an epoch's partial last batch.
   boundary: preemption.StepBoundary | None = None
 
 
@@ -169,12 +190,14 @@ def _set_up(config, workdir: str) -> _Run:
              train_iter=data.make_train_iterator(
                  config.data, image_size=config.image_size,
                  global_batch_size=config.train.batch_size, seed=config.seed,
-                 process_index=jax.process_index(), process_count=jax.process_count()),
+                 process_index=jax.process_index(), process_count=jax.process_count(),
+                 partial_last_batch=partial_last_batch(config)),
              ckpt=checkpoint.Checkpointer(workdir, config.train.max_to_keep))
   _restore_or_init(run)
   run.writer = MetricWriter(workdir, resumed_step=run.step)
   run.validator = Validator(config, run.models, mesh)
   run.pretrain, run.joint = compiled_steps(run.models, mesh, run.tuned)
+  run.partial_steps = compiled_steps(run.models, mesh, run.tuned, replicated_batch=True)
   minutes = config.train.checkpoint_every_minutes
   run.boundary = preemption.StepBoundary(mesh, None if minutes is None else 60.0 * minutes)
   logging.info('%d steps per epoch; stage 1: %d steps, stage 2: %d steps; %d devices, %d processes',
@@ -203,7 +226,8 @@ def _stage_1_pretrain_dcg(run: _Run) -> None:
   """Stage 1: the DCG alone, on cross-entropy, so that the priors guiding the diffusion carry
   class information before the epsilon network starts learning from them."""
   _train(run, 'stage 1 (DCG)', 0, run.pre_steps,
-         lambda state, batch, step: run.pretrain(state, batch))
+         lambda state, batch, step, partial: (run.partial_steps[0] if partial else run.pretrain)(
+             state, batch))
 
 
 def _stage_2_joint(run: _Run) -> None:
@@ -214,7 +238,8 @@ def _stage_2_joint(run: _Run) -> None:
     run.state = train_state.eps_encoder_from_dcg(run.state)
     logging.info('epsilon-network encoder: a copy of the trained DCG global trunk')
   _train(run, 'stage 2 (joint)', run.pre_steps, run.total,
-         lambda state, batch, step: run.joint(state, batch, jax.random.fold_in(key, step)))
+         lambda state, batch, step, partial: (run.partial_steps[1] if partial else run.joint)(
+             state, batch, jax.random.fold_in(key, step)))
 
 
 def _train(run: _Run, name: str, start: int, stop: int, step_fn) -> None:
@@ -227,12 +252,14 @@ def _train(run: _Run, name: str, start: int, stop: int, step_fn) -> None:
   first = run.step
   try:
     while run.step < stop:
-      batch = parallel.global_batch(next(run.train_iter), run.mesh)
+      local = next(run.train_iter)
+      partial = len(local['label']) * jax.process_count() != run.config.train.batch_size
+      batch = parallel.global_batch(local, run.mesh, replicate=partial)
       # With CPU tuning a step is dispatched only once the previous one is done: on the CPU,
       # steps that overlap each allocate fresh memory. Accelerators keep one step queued.
       if run.tuned:
         _check_pending(run)
-      run.state, metrics = step_fn(run.state, batch, run.step)
+      run.state, metrics = step_fn(run.state, batch, run.step, partial)
       _check_pending(run)  # The previous step, checked while this one runs.
       if run.tuned and run.step == first:  # This step compiled the stage's program.
         jax.block_until_ready(metrics)
@@ -270,11 +297,16 @@ def _after_step(run: _Run, metrics: dict, bar: progress.StageBar, stop: int) -> 
 
 
 def _validates(run: _Run, step: int) -> bool:
-  """Validation after `step`: at both stage ends and every eval_every_epochs joint epochs."""
-  if step in (run.pre_steps, run.total):
+  return validates(step, run.pre_steps, run.total, run.spe, run.config.train.eval_every_epochs)
+
+
+def validates(step: int, pre_steps: int, total: int, spe: int, every: int) -> bool:
+  """Validation after `step`: at both stage ends and, as the official trainer's `epoch %
+  validation_freq == 0` on its 0-based epochs, after joint epochs 1, 1 + every, 1 + 2 every, ..."""
+  if step in (pre_steps, total):
     return True
-  epoch, rest = divmod(step - run.pre_steps, run.spe)
-  return step > run.pre_steps and rest == 0 and epoch % run.config.train.eval_every_epochs == 0
+  epoch, rest = divmod(step - pre_steps, spe)
+  return step > pre_steps and rest == 0 and (epoch - 1) % every == 0
 
 
 def _validate(run: _Run, step: int) -> bool:

@@ -31,6 +31,15 @@ JOINT_KEY = 7  # jax.random.key of the joint step (timesteps, noise).
 CHAIN_KEY = 11  # jax.random.key of the test chain's noise.
 DCG_STEPS = 3  # DCG optimizer steps compared.
 
+# The training trajectory: TRAJ_IMAGES train images in a fixed order, batches of TRAJ_BATCH (an
+# epoch is 4 + 3 images: the partial last batch), TRAJ_PRE_EPOCHS of DCG pre-training, then
+# TRAJ_EPOCHS joint epochs with TRAJ_WARMUP warm-up epochs; step s draws its timesteps and noise
+# from fold_in(train_state.keys(TRAJ_SEED)['train'], s), as train.py does.
+TRAJ_IMAGES, TRAJ_BATCH = 7, 4
+TRAJ_PRE_EPOCHS, TRAJ_EPOCHS, TRAJ_WARMUP = 2, 12, 2
+TRAJ_SEED = 0
+TRAJ_LEAVES = ('out/kernel', 'layers_0/linear/kernel', 'project/kernel', 'encoder/conv1/kernel')
+
 
 def config():
   """The default config at golden size: 224 px APTOS settings shrunk as above."""
@@ -41,6 +50,29 @@ def config():
   m.width, m.feature_dim, m.crop_first_channel = WIDTH, FEATURE_DIM, True
   c.diffusion.timesteps = TIMESTEPS
   return c
+
+
+def trajectory_config():
+  """config() with the trajectory's batch, epochs and warm-up."""
+  c = config()
+  c.train.batch_size, c.train.dcg_pretrain_epochs = TRAJ_BATCH, TRAJ_PRE_EPOCHS
+  c.train.epochs, c.train.warmup_epochs, c.seed = TRAJ_EPOCHS, TRAJ_WARMUP, TRAJ_SEED
+  return c
+
+
+def trajectory_batches(images, labels) -> list[dict]:
+  """One epoch's batches in their fixed order: whole batches, then the partial last one."""
+  return [{'image': images[i:i + TRAJ_BATCH], 'label': labels[i:i + TRAJ_BATCH]}
+          for i in range(0, len(labels), TRAJ_BATCH)]
+
+
+def trajectory_draws(step: int, batch: int):
+  """The timesteps and noise the port's joint step `step` draws for a batch of `batch`."""
+  from diffmic_jax.diffusion import antithetic_timesteps  # pylint: disable=import-outside-toplevel
+  key = jax.random.fold_in(train_state.keys(TRAJ_SEED)['train'], step)
+  k_t, k_noise = jax.random.split(key)
+  return (np.asarray(antithetic_timesteps(k_t, batch, TIMESTEPS)),
+          np.asarray(jax.random.normal(k_noise, (batch, NUM_CLASSES))))
 
 
 def models(**loss) -> train_state.Models:

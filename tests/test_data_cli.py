@@ -48,7 +48,7 @@ def _eval_count(cfg, split, size):
 def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
   """A custom stored size given as JSON lands where `prepare` (data.stored_size=64) looks."""
   folder = aptos_subset(data_root, tmp_path / 'f', per_split=12)
-  config = json.dumps({'name': 'default_64', 'scheme': 'default', 'stored_size': 64})
+  config = json.dumps({'name': 'default_64_png_bilinear', 'scheme': 'default', 'stored_size': 64})
   _tfds_build('image_folder', f'--config={config}', f'--manual_dir={folder}',
               f'--data_dir={tmp_path / "cli"}')
   by_cli, by_api = (data_cfg(name='image_folder', builder_config='default', stored_size=64,
@@ -72,12 +72,12 @@ def test_cli_build_equals_prepare_and_is_read_by_training(data_root, tmp_path):
 @pytest.mark.slow
 def test_cli_build_real_aptos_listed_config(data_root, tmp_path):
   """The documented command on the real 224 px APTOS folder, capped at 5 examples per split."""
-  _tfds_build('aptos2019', '--config=diffmic_224',
+  _tfds_build('aptos2019', '--config=diffmic_224_png_bilinear',
               f'--manual_dir={data_root / "aptos2019_224"}', f'--data_dir={tmp_path}',
               '--max_examples_per_split=5')
   cfg = data_cfg(name='aptos2019', builder_config='diffmic', data_dir=str(tmp_path))
   built = pathlib.Path(data.dataset.build_dir(cfg))  # data.manual_dir unset: the one build there.
-  assert built.relative_to(tmp_path).parts[1:] == ('aptos2019', 'diffmic_224', '1.0.0')
+  assert built.relative_to(tmp_path).parts[1:] == ('aptos2019', 'diffmic_224_png_bilinear', '1.0.0')
   record = json.loads((built / 'source.json').read_text())
   assert record['manual_dir'] == str(data_root / 'aptos2019_224')
   assert record['options']['max_examples_per_split'] == 5
@@ -121,7 +121,7 @@ def _isic_layout(data_root, root, n_train=30, test_per_class=1, header_only=Fals
 def test_isic_official_test_set_through_cli(data_root, tmp_path):
   """Synthetic layout: real HAM10000 images posing as the official test images (see above)."""
   manual = _isic_layout(data_root, tmp_path / 'manual')
-  _tfds_build('isic2018', '--config=official_224', f'--manual_dir={manual}',
+  _tfds_build('isic2018', '--config=official_224_png_bilinear', f'--manual_dir={manual}',
               f'--data_dir={tmp_path / "tfds"}')
   cfg = data_cfg(name='isic2018', builder_config='official', manual_dir=str(manual),
                  data_dir=str(tmp_path / 'tfds'))

@@ -146,8 +146,8 @@ def test_config_num_classes_must_match_the_dataset(data_root):
   config = aptos.get_config()
   config.num_classes = 7
   config.data.manual_dir = str(data_root / 'aptos2019_224')
-  with pytest.raises(DataError, match=r'num_classes is 7 but aptos2019 \(diffmic_224\) has 5 '
-                                      'classes'):
+  with pytest.raises(DataError, match=r'num_classes is 7 but aptos2019 '
+                                      r'\(diffmic_224_png_bilinear\) has 5 classes'):
     data.prepare(config.data, config.num_classes)
 
 

@@ -97,8 +97,11 @@ def test_joint_step_losses_and_gradients(inputs):
   (_, (metrics, stats)), grads = jax.jit(lambda p: fn(
       models, p, state.eps.batch_stats, x, labels, priors, jax.random.key(gs.JOINT_KEY)))(
           state.eps.params)
-  for k in ('loss', 'mse', 'mmd_global', 'mmd_local', 'y0_ce'):
+  for k in ('loss', 'mse', 'mmd_global', 'mmd_local'):
     _close(metrics[k], want[k], k, rtol=1e-5, atol=1e-6)
+  # y0 = (y_t - ... - sqrt(1 - abar_t) eps) / sqrt(abar_t): at t = 900 float32 rounding of eps is
+  # multiplied by 1 / sqrt(abar_t) ~ 60 before it is squared into the CE's logits.
+  _close(metrics['y0_ce'], want['y0_ce'], 'y0_ce', rtol=5e-5, atol=1e-6)
   grads = _flat(grads)
   _close(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads.values())),
          want['eps_grads_global_norm'], 'global norm')

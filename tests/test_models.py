@@ -218,6 +218,30 @@ def test_cpu_tuning_reaches_every_trunk_only_when_asked_for():
     assert set(convs.values()) == {conv.CpuConv if used else nn.Conv}
 
 
+def test_heads_start_from_torch_default_initial_values():
+  """The epsilon network's linear layers and the DCG's heads start as torch.nn.Linear / Conv2d do:
+  weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not lecun_normal with zero biases."""
+  x = jnp.zeros((2, 64, 64, 3))
+  eps = EpsilonNet(5, num_timesteps=50, feature_dim=256, backbone='resnet_tiny', width=8)
+  y = jnp.zeros((2, 5))
+  eps_params = eps.init(jax.random.key(0), x, y, y, jnp.zeros((2,), jnp.int32))['params']
+  dcg_params = DCG(5, backbone='resnet_tiny', width=8).init(jax.random.key(1), x)['params']
+  layers = [eps_params['project'], eps_params['out'],
+            *(eps_params[f'layers_{i}']['linear'] for i in range(3)),
+            dcg_params['saliency_conv'], dcg_params['local_head'],
+            *(dcg_params['attention'][n] for n in 'UVw')]
+  for layer in layers:
+    kernel = np.asarray(layer['kernel'])
+    bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+    leaves = [kernel] + ([np.asarray(layer['bias'])] if 'bias' in layer else [])
+    for leaf in leaves:
+      assert np.abs(leaf).max() <= bound
+      if leaf.size >= 256:  # Uniform: std bound / sqrt(3).
+        np.testing.assert_allclose(leaf.std(), bound / np.sqrt(3), rtol=0.1)
+    if 'bias' in layer:
+      assert np.abs(leaf).max() > 0.5 * bound
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('arch,remat', [('resnet50', 'conv_outputs'), ('resnet_tiny', 'blocks')])
 def test_remat_keeps_values_gradients_and_statistics(arch, remat):

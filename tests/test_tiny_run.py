@@ -10,8 +10,12 @@ from diffmic_jax import data, train
 def test_train_and_evaluate_runs_both_stages_and_reports(tmp_path):
   config = demo.get_config('smoke')
   config.data.data_dir = str(tmp_path / 'tfds')
-  config.train.steps_per_epoch = 2
+  # ceil(24 / 16) = 2 steps per epoch, as the official DataLoader: the second of 8 images, run
+  # replicated on the 8-device mesh.
+  config.data.train_split = 'train[:24]'
+  config.train.steps_per_epoch = None
   data.prepare(config.data)
+  assert train.steps_per_epoch(config) == 2
   results = train.train_and_evaluate(config, str(tmp_path / 'work'))
 
   report = results['test']

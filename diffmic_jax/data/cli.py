@@ -1,6 +1,6 @@
 """`tfds build` without TensorFlow: TFDS's own build command, with our builders registered.
 
-    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
+    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224_png_bilinear \
         --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 The `tfds` script cannot start without TensorFlow: importing its `convert_format` command

@@ -39,8 +39,10 @@ def builder_config_of(data_cfg) -> DiffmicConfig:
   if scheme not in module.SCHEMES:
     raise DataError(f'data.builder_config {scheme!r} is not one of {module.SCHEMES} for {name}')
   size = int(data_cfg.stored_size)
-  return DiffmicConfig(name=config_name(scheme, size), scheme=scheme, stored_size=size,
-                       num_classes=module.NUM_CLASSES or -1, encoding='jpeg')
+  enc, resize = data_cfg.encoding, data_cfg.resize
+  return DiffmicConfig(name=config_name(scheme, size, enc, resize), scheme=scheme,
+                       stored_size=size, num_classes=module.NUM_CLASSES or -1, encoding=enc,
+                       resize=resize)
 
 
 def data_dir_of(data_cfg) -> str:

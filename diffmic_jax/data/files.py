@@ -145,22 +145,24 @@ class _FileRecords:
   examples: tuple = dataclasses.field(repr=False)
   stored_size: int | None
   encoding: str
+  resize: str = 'bicubic'
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def __getitem__(self, i: int) -> dict:
     ex = self.examples[i]
-    return {'image': encode_example(ex, self.stored_size, self.encoding),
+    return {'image': encode_example(ex, self.stored_size, self.encoding, self.resize),
             'label': np.int64(ex.label)}
 
 
-def records(images: ImageFiles, stored_size: int | None, encoding: str):
+def records(images: ImageFiles, stored_size: int | None, encoding: str, resize: str = 'bicubic'):
   """Random access to the images as stored records (what a build would have written)."""
-  return _FileRecords(images.examples, stored_size, encoding)
+  return _FileRecords(images.examples, stored_size, encoding, resize)
 
 
 def make_file_iterator(images: ImageFiles, *, stored_size: int | None, encoding: str,
+                       resize: str = 'bicubic',
                        image_size: int, global_batch_size: int, process_index: int = 0,
                        process_count: int = 1, read_threads: int = 4):
   """Padded, masked batches of the images, as `pipeline.make_eval_iterator` yields for a split.
@@ -169,6 +171,7 @@ def make_file_iterator(images: ImageFiles, *, stored_size: int | None, encoding:
     images: From `list_images`.
     stored_size: The build's stored side (None: keep the source size, MedMNIST-style).
     encoding: The build's encoding, 'jpeg' or 'png'.
+    resize: The build's resize filter, 'bilinear' or 'bicubic'.
     image_size: Side of the model input.
     global_batch_size: Batch over all processes; this process yields a 1/P share.
     process_index: This process, in [0, process_count).
@@ -182,7 +185,7 @@ def make_file_iterator(images: ImageFiles, *, stored_size: int | None, encoding:
     raise ValueError(f'global batch {global_batch_size} is not divisible by the '
                      f'{process_count} processes')
   b = global_batch_size // process_count
-  source = EvalSource(records(images, stored_size, encoding), image_size, b, process_index,
+  source = EvalSource(records(images, stored_size, encoding, resize), image_size, b, process_index,
                       process_count)
   read = grain.ReadOptions(num_threads=max(1, read_threads), prefetch_buffer_size=2 * b)
   return grain.MapDataset.source(source).to_iter_dataset(read).batch(b)

@@ -1,10 +1,12 @@
 """DiffMIC's deterministic preprocessing, done once at build time, and the decode at read time.
 
-DiffMIC applies CropCenterSquare -> Resize(224) before every random op, so storing the cropped,
-resized image is exactly equivalent to decoding the original each epoch, and training never
-decodes a multi-megapixel photo. Images already square at the stored size and in JPEG are kept
-byte for byte (no second lossy encode). Grayscale, 16-bit, palette and transparent images are
-brought to 8-bit RGB by `to_rgb`, scaled, not clipped.
+DiffMIC applies CropCenterSquare -> Resize(224) (PIL bilinear) before every random op, so storing
+the cropped image resized the same way, losslessly (`encoding='png'`, `resize='bilinear'`, the
+defaults), gives the pixels the official loader computes each epoch, and training never decodes a
+multi-megapixel photo. JPEG (quality 95) and bicubic are the smaller, not identical, option. Images
+already square at the stored size and in JPEG are kept byte for byte (no second lossy encode).
+Grayscale, 16-bit, palette and transparent images are brought to 8-bit RGB by `to_rgb`, scaled,
+not clipped.
 """
 
 import io
@@ -78,13 +80,15 @@ def readable(ex: Example) -> str | None:
   return None
 
 
-def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg') -> bytes:
+def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg',
+                   resize: str = 'bicubic') -> bytes:
   """Reads, crops, resizes and encodes one image.
 
   Args:
     ex: The example (file or pixels).
     stored_size: Side of the stored square image; None keeps the size (must be square).
-    encoding: 'jpeg' (photographs) or 'png' (lossless, for small array sets).
+    encoding: 'jpeg' (quality 95) or 'png' (lossless).
+    resize: 'bilinear' (as the official loader) or 'bicubic'.
 
   Returns:
     Encoded image bytes, RGB, `stored_size` square.
@@ -97,7 +101,8 @@ def encode_example(ex: Example, stored_size: int | None, encoding: str = 'jpeg')
     return raw
   image = center_square(to_rgb(image))
   if stored_size is not None and image.size[0] != stored_size:
-    image = image.resize((stored_size, stored_size), Image.BICUBIC)
+    image = image.resize((stored_size, stored_size),
+                         {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC}[resize])
   out = io.BytesIO()
   if encoding == 'png':
     image.save(out, 'PNG')

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from diffmic_jax.models import conv, resnet
+from diffmic_jax.models.linear import Linear, torch_kernel_init
 
 
 def top_t_percent_mean(saliency: jax.Array, t: float) -> jax.Array:
@@ -79,9 +80,9 @@ class GatedAttention(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    gate = nn.sigmoid(nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name='U')(h))
-    value = jnp.tanh(nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name='V')(h))
-    scores = nn.Dense(1, use_bias=False, dtype=self.dtype, name='w')(gate * value)[..., 0]
+    gate = nn.sigmoid(Linear(self.hidden, use_bias=False, dtype=self.dtype, name='U')(h))
+    value = jnp.tanh(Linear(self.hidden, use_bias=False, dtype=self.dtype, name='V')(h))
+    scores = Linear(1, use_bias=False, dtype=self.dtype, name='w')(gate * value)[..., 0]
     attention = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
     return jnp.einsum('bk,bkc->bc', attention, h.astype(jnp.float32)), attention
 
@@ -110,7 +111,7 @@ class DCG(nn.Module):
                  cpu_tuning=self.cpu_tuning, remat=self.remat)
     fmap = resnet.backbone(self.backbone, output='map', name='global_net', **trunk)(images, train)
     saliency = conv.conv(self.num_classes, 1, cpu_tuning=self.cpu_tuning,
-                         kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+                         kernel_init=torch_kernel_init, dtype=self.dtype,
                          name='saliency_conv')(fmap)
     saliency = saliency.astype(jnp.float32)
     logits_global = top_t_percent_mean(saliency, self.top_t_percent)
@@ -124,7 +125,7 @@ class DCG(nn.Module):
         tiles.reshape(b * k, *tiles.shape[2:]), train)
     pooled, attention = GatedAttention(self.attention_dim, self.dtype, name='attention')(
         local.reshape(b, k, -1))
-    logits_local = nn.Dense(self.num_classes, use_bias=False, name='local_head')(pooled)
+    logits_local = Linear(self.num_classes, use_bias=False, name='local_head')(pooled)
     return {
         'logits': 0.5 * (logits_global + logits_local),
         'logits_global': logits_global,

@@ -5,7 +5,8 @@
     h2 = softplus(BN(Linear(h1) * gamma_2[t]));  h3 = likewise on h2
     eps = Linear_{F->K}(h3)
 
-gamma_i are learned timestep embeddings, Embed(T + 1, F) initialised U(0, 1) as in CARD.
+gamma_i are learned timestep embeddings, Embed(T + 1, F) initialised U(0, 1) as in CARD; the linear
+layers start from torch's defaults (models/linear.py), as officially.
 
 The image features do not depend on y_t or t, so `encode` is separate from `head`: a train step
 encodes once and runs the head for the three priors (the gradient equals three full passes), and a
@@ -18,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from diffmic_jax.models import batch_norm, resnet
+from diffmic_jax.models.linear import Linear
 
 
 def _batch_norm(dtype: Any) -> batch_norm.BatchNorm:
@@ -34,7 +36,7 @@ class ConditionalLinear(nn.Module):
 
   @nn.compact
   def __call__(self, x, t):
-    y = nn.Dense(self.features, dtype=self.dtype, name='linear')(x)
+    y = Linear(self.features, dtype=self.dtype, name='linear')(x)
     gamma = nn.Embed(self.num_timesteps + 1, self.features, embedding_init=nn.initializers.uniform(1.0),
                      dtype=self.dtype, name='embed')(t)
     return y * gamma
@@ -66,12 +68,12 @@ class EpsilonNet(nn.Module):
     self.encoder = resnet.backbone(self.backbone, output='pooled', small_stem=self.small_stem,
                                    width=self.width, dtype=self.dtype,
                                    cpu_tuning=self.cpu_tuning, remat=self.remat)
-    self.project = nn.Dense(self.feature_dim, dtype=self.dtype)
+    self.project = Linear(self.feature_dim, dtype=self.dtype)
     self.feature_bn = _batch_norm(self.dtype)
     self.layers = [ConditionalLinear(self.feature_dim, self.num_timesteps, self.dtype)
                    for _ in range(3)]
     self.norms = [_batch_norm(self.dtype) for _ in range(3)]
-    self.out = nn.Dense(self.num_classes, dtype=jnp.float32)
+    self.out = Linear(self.num_classes, dtype=jnp.float32)
 
   def encode(self, images, train: bool = False):
     """rho(x): (B, H, W, 3) -> (B, F). Independent of y_t and t."""

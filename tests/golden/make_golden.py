@@ -426,23 +426,141 @@ def golden_chain(off, dcg, eps, schedule, images):
   return _numpy({'y_hat': y_hat, 'y0': y0, 'probs': y0.softmax(dim=-1)})
 
 
+def _official_functions(official, path, names, cls=None):
+  """Named functions (or methods of class `cls`) of an official file, run from its own source
+  without importing the file (its imports pull in plotting and dataset code not needed here)."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import math  # pylint: disable=import-outside-toplevel
+  tree = ast.parse((pathlib.Path(official) / path).read_text())
+  body = tree.body if cls is None else next(
+      n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+  picked = [n for n in body if isinstance(n, ast.FunctionDef) and n.name in names]
+  assert len(picked) == len(names), (path, names)
+  namespace = {'math': math, 'optim': torch.optim, 'torch': torch, 'nn': nn}
+  code = compile(ast.Module(picked, type_ignores=[]), path, 'exec')
+  exec(code, namespace)  # pylint: disable=exec-used
+  return [namespace[n] for n in names]
+
+
+def _namespace(d):
+  return types.SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v
+                                  for k, v in d.items()})
+
+
+def _train_images(data_dir: pathlib.Path, n: int):
+  """The first n train-split APTOS images, resized to IMAGE_SIZE (PIL bilinear), and labels."""
+  import csv  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with open(data_dir / 'labels.csv', newline='') as f:
+    rows = [r for r in csv.DictReader(f) if r['diffmic_split'] == 'train'][:n]
+  size = (gs.IMAGE_SIZE, gs.IMAGE_SIZE)
+  images = np.stack([np.asarray(Image.open(data_dir / r['file']).convert('RGB').resize(
+      size, Image.BILINEAR)) for r in rows])
+  return images, np.array([int(r['label']) for r in rows], np.int32), [r['image_id'] for r in rows]
+
+
+def _global_norm(leaves):
+  return np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in leaves.values()))
+
+
+def trajectory(off, official, dcg, eps, schedule, images, labels, dtype):
+  """The official training loop on fixed batches: DCG pre-training, then joint iterations.
+
+  Its pieces run from the official source: `utils.adjust_learning_rate` every iteration at
+  i / len(loader) + epoch, `utils.get_optimizer` for both optimizers from configs/aptos.yml,
+  `clip_grad_norm_`, and `Diffusion.nonlinear_guidance_model_train_step` for every DCG update; the
+  epsilon-network loss is the trainer's loop body (`_eps_iteration`). `dtype` float64 measures
+  how far float32 rounding alone moves the same run.
+  """
+  import yaml  # pylint: disable=import-outside-toplevel
+  adjust_lr, get_optimizer = _official_functions(
+      official, 'utils.py', ['adjust_learning_rate', 'get_optimizer'])
+  (dcg_step,) = _official_functions(official, 'diffusion_trainer.py',
+                                    ['nonlinear_guidance_model_train_step'], cls='Diffusion')
+  cfg = _namespace(yaml.safe_load((pathlib.Path(official) / 'configs' / 'aptos.yml').read_text()))
+  cfg.training.n_epochs, cfg.training.warmup_epochs = gs.TRAJ_EPOCHS, gs.TRAJ_WARMUP
+  load_flax(dcg, _dcg_name, gs.dcg_variables())
+  load_flax(eps, _eps_name, gs.eps_variables())
+  torch.set_default_dtype(dtype)  # The tensors the official DCG makes (its crops) follow.
+  dcg.to(dtype)
+  eps.to(dtype)
+  sched = types.SimpleNamespace(**{k: v.to(dtype) for k, v in vars(schedule).items()})
+  trainer = types.SimpleNamespace(aux_cost_function=nn.CrossEntropyLoss(),
+                                  compute_guiding_prediction=dcg)
+  aux_optimizer = get_optimizer(cfg.aux_optim, dcg.parameters())
+  optimizer = get_optimizer(cfg.optim, eps.parameters())
+  batches = [(_nchw(b['image']).to(dtype), torch.from_numpy(b['label'].astype(np.int64)))
+             for b in gs.trajectory_batches(images, labels)]
+  one_hot = lambda y: nn.functional.one_hot(y, gs.NUM_CLASSES).to(dtype)
+  params = lambda m, name: read_flax(m, name, 'params')
+  out = {k: [] for k in ('pre/dcg_ce', 'pre/dcg_norm')}
+  dcg.train()
+  for _ in range(gs.TRAJ_PRE_EPOCHS):
+    for x, y in batches:
+      out['pre/dcg_ce'].append(dcg_step(trainer, x, one_hot(y), aux_optimizer))
+      out['pre/dcg_norm'].append(_global_norm(params(dcg, _dcg_name)))
+  step = len(out['pre/dcg_ce'])
+  for epoch in range(gs.TRAJ_EPOCHS):
+    for i, (x, y) in enumerate(batches):
+      adjust_lr(optimizer, i / len(batches) + epoch, cfg)
+      eps.train()
+      dcg.eval()
+      with torch.no_grad():
+        priors = [p.softmax(dim=1) for p in dcg(x)]
+      t, noise = gs.trajectory_draws(step, len(y))
+      losses = _eps_iteration(off, eps, sched, x, y, priors, torch.from_numpy(t.astype(np.int64)),
+                              torch.from_numpy(noise.copy()).to(dtype), add_ce=False)
+      grad_norm = torch.nn.utils.clip_grad_norm_(eps.parameters(), cfg.optim.grad_clip)
+      optimizer.step()
+      dcg.train()
+      record = {'lr': optimizer.param_groups[0]['lr'], 'grad_norm': grad_norm,
+                'dcg_ce': dcg_step(trainer, x, one_hot(y), aux_optimizer),
+                'eps_norm': _global_norm(params(eps, _eps_name)),
+                'dcg_norm': _global_norm(params(dcg, _dcg_name)),
+                **{k: v for k, v in losses.items() if k != 'y0_ce'}}
+      leaves = params(eps, _eps_name)
+      record.update({f'leaf_norm/{k}': np.linalg.norm(leaves[k]) for k in gs.TRAJ_LEAVES})
+      for k, v in record.items():
+        out.setdefault(f'joint/{k}', []).append(float(torch.as_tensor(v).detach()))
+      step += 1
+  torch.set_default_dtype(torch.float32)
+  dcg.float()
+  eps.float()
+  return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def golden_trajectory(off, official, dcg, eps, schedule, data_dir):
+  images, labels, ids = _train_images(data_dir, gs.TRAJ_IMAGES)
+  single = trajectory(off, official, dcg, eps, schedule, images, labels, torch.float32)
+  double = trajectory(off, official, dcg, eps, schedule, images, labels, torch.float64)
+  out = {'images': images, 'labels': labels, 'image_ids': np.array(ids)}
+  out.update({k: v.astype(np.float32) for k, v in single.items()})
+  out.update({f'drift/{k}': np.abs(v - double[k]).astype(np.float32) for k, v in single.items()})
+  return out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--official', required=True, help='checkout of scott-yjyang/DiffMIC')
   p.add_argument('--torchvision', default=None, help='torchvision package folder (see above)')
   p.add_argument('--data', required=True, help='the aptos2019_224 folder (labels.csv, images/)')
+  p.add_argument('--only', default=None, help='write only this file (dcg, eps, joint, chain, '
+                 'trajectory)')
   args = p.parse_args()
   torch.manual_seed(0)
   off = _import_official(args.official, args.torchvision)
   dcg, eps, schedule = official_modules(off, gs.config())
   images, labels, ids = _inputs(pathlib.Path(args.data))
   gs.GOLDEN.mkdir(exist_ok=True)
-  results = {
-      'dcg': {'images': images, 'labels': labels, 'image_ids': np.array(ids),
-              **golden_dcg(dcg, images)},
-      'eps': golden_eps(eps, images),
-      'joint': golden_joint(off, args.official, dcg, eps, schedule, images, labels),
-      'chain': golden_chain(off, dcg, eps, schedule, images)}
+  make = {
+      'dcg': lambda: {'images': images, 'labels': labels, 'image_ids': np.array(ids),
+                      **golden_dcg(dcg, images)},
+      'eps': lambda: golden_eps(eps, images),
+      'joint': lambda: golden_joint(off, args.official, dcg, eps, schedule, images, labels),
+      'chain': lambda: golden_chain(off, dcg, eps, schedule, images),
+      'trajectory': lambda: golden_trajectory(off, args.official, dcg, eps, schedule,
+                                              pathlib.Path(args.data))}
+  results = {name: fn() for name, fn in make.items() if args.only in (None, name)}
   for name, arrays in results.items():
     np.savez_compressed(gs.GOLDEN / f'{name}.npz', **arrays)
     print(name, (gs.GOLDEN / f'{name}.npz').stat().st_size, 'bytes', len(arrays), 'arrays')

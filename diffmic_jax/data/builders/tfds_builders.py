@@ -2,8 +2,9 @@
 
 One builder per dataset name (`aptos2019`, `isic2018`, `image_folder`, `medmnist`, `demo`), all
 sharing `_DiffmicBuilder`: the split resolution of `builders/<name>.py`, then DiffMIC's crop and
-resize, stored as encoded bytes. The config name carries the split scheme and the stored size
-(`diffmic_224`), so builds with different sizes live side by side.
+resize, stored as encoded bytes. The config name carries the split scheme, the stored size and,
+unless JPEG + bicubic, the encoding and resize (`diffmic_224_png_bilinear`, the default, or
+`diffmic_224`), so builds of different sizes or storage live side by side.
 
 Each builder lists its configs in `BUILDER_CONFIGS` (every scheme at the stored sizes in
 `STORED_SIZES`), so `tfds build` and `diffmic_jax.data.prepare(config.data)` name the same config
@@ -11,7 +12,7 @@ object and write the same folder, `<data_dir>/<name>/<scheme>_<size>/1.0.0`; a s
 a custom config of the same shape (TFDS refuses a custom config named like a listed one, so the
 builder swaps a copy for the listed object). From the command line, without TensorFlow:
 
-    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224 \
+    python -m diffmic_jax.data.cli build aptos2019 --config=diffmic_224_png_bilinear \
         --manual_dir=/path/to/aptos2019 --data_dir=~/tensorflow_datasets
 
 (see `diffmic_jax/data/cli.py`; name `--config`, or every listed config is built). What does
@@ -44,30 +45,40 @@ STORED_SIZES = (224, 256)  # Listed configs; any other size is a custom config o
 class DiffmicConfig(tfds.core.BuilderConfig):
   """How a build is done.
 
-  The name is always `config_name(scheme, stored_size)`, so that a config given as JSON on the
-  `tfds build` command line lands where `prepare` looks.
+  The name is always `config_name(scheme, stored_size, encoding, resize)`, so that a config given
+  as JSON on the `tfds build` command line lands where `prepare` looks.
 
   Attributes:
     scheme: Split scheme ('diffmic', 'grouped', 'official', 'default', or the MedMNIST file name).
     stored_size: Side of the stored images; None keeps the source size (MedMNIST).
     num_classes: K, or -1: the dataset's fixed K, else (image_folder) the largest label + 1.
     encoding: 'jpeg' or 'png'.
+    resize: PIL filter of the build-time resize, 'bilinear' (the official loader's
+      `transforms.Resize`) or 'bicubic'.
   """
   scheme: str = 'diffmic'
   stored_size: int | None = 224
   num_classes: int = -1
-  encoding: str = 'jpeg'
+  encoding: str = 'png'
+  resize: str = 'bilinear'
 
 
-def config_name(scheme: str, stored_size: int | None) -> str:
-  return scheme if stored_size is None else f'{scheme}_{stored_size}'
+def config_name(scheme: str, stored_size: int | None, encoding: str = 'png',
+                resize: str = 'bilinear') -> str:
+  """`scheme_size`, with `_encoding_resize` unless JPEG + bicubic (the first builds' names)."""
+  if stored_size is None:
+    return scheme
+  suffix = '' if (encoding, resize) == ('jpeg', 'bicubic') else f'_{encoding}_{resize}'
+  return f'{scheme}_{stored_size}{suffix}'
 
 
 def _image_configs(module) -> list[DiffmicConfig]:
-  return [DiffmicConfig(name=config_name(scheme, size), scheme=scheme, stored_size=size,
-                        num_classes=module.NUM_CLASSES or -1, encoding='jpeg',
-                        description=f'{scheme} split, images stored at {size} px (JPEG)')
-          for scheme in module.SCHEMES for size in STORED_SIZES]
+  return [DiffmicConfig(name=config_name(scheme, size, enc, resize), scheme=scheme,
+                        stored_size=size, num_classes=module.NUM_CLASSES or -1, encoding=enc,
+                        resize=resize,
+                        description=f'{scheme} split, images stored at {size} px ({enc}, {resize})')
+          for scheme in module.SCHEMES for size in STORED_SIZES
+          for enc, resize in (('png', 'bilinear'), ('jpeg', 'bicubic'))]
 
 
 def _medmnist_configs(schemes) -> list[DiffmicConfig]:
@@ -120,9 +131,10 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       'is written without TensorFlow and read by the grain pipeline')
     super().__init__(**kwargs)
     cfg = self.builder_config
-    if cfg.name != config_name(cfg.scheme, cfg.stored_size):
-      raise DataError(f'{self.name}: config name {cfg.name!r} must be '
-                      f'{config_name(cfg.scheme, cfg.stored_size)!r} (scheme, stored_size)')
+    want = config_name(cfg.scheme, cfg.stored_size, cfg.encoding, cfg.resize)
+    if cfg.name != want:
+      raise DataError(f'{self.name}: config name {cfg.name!r} must be {want!r} '
+                      '(scheme, stored_size, encoding, resize)')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -171,7 +183,7 @@ class _DiffmicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     for ex in examples:
       try:
-        data = encode_example(ex, cfg.stored_size, cfg.encoding)
+        data = encode_example(ex, cfg.stored_size, cfg.encoding, cfg.resize)
       except DataError as e:
         if not self.skip_bad:
           raise
