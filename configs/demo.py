@@ -8,8 +8,8 @@ Hardware: any CPU (2 cores). Wall time: about 4 minutes. 28 px images, ResNet18-
 half width with the small-image stem, both training stages, validation-selected checkpoint, test
 report. It shows the whole pipeline working, not the paper's accuracy.
 
-Expected (test split, n = 400, seed 1234, JAX 0.10.2 on a CPU): DCG accuracy 0.523 / macro-F1
-0.329, DiffMIC 0.505 / 0.302. Other JAX versions or hardware can move these by a few points.
+Expected (test split, n = 400, seed 1234, JAX 0.10.2 on a CPU): DCG accuracy 0.528 / macro-F1
+0.331, DiffMIC 0.465 / 0.287. Other JAX versions or hardware can move these by a few points.
 
 `configs/demo.py:smoke` shrinks it to seconds (tiny trunks, T = 50, a few steps): what the tests
 run. `cpu_tuning` is on: the demo is meant for a CPU.
