@@ -52,6 +52,16 @@ def load_bench_script(name: str):
 
 
 @pytest.fixture(scope='session')
+def demo_build(tmp_path_factory):
+  """The embedded demo set built once for every test that only reads it."""
+  from data_helpers import demo_cfg
+  from diffmic_jax import data
+  cfg = demo_cfg(tmp_path_factory.mktemp('demo_tfds'))
+  data.prepare(cfg)
+  return cfg
+
+
+@pytest.fixture(scope='session')
 def data_root() -> pathlib.Path:
   """../shared/data (or $DIFFMIC_DATA_ROOT): the real images tests read."""
   if not DATA_ROOT.is_dir():

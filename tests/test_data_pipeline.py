@@ -16,10 +16,8 @@ from diffmic_jax import data
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-  cfg = demo_cfg(tmp_path_factory.mktemp('tfds'))
-  data.prepare(cfg)
-  return cfg
+def demo(demo_build):
+  return demo_build
 
 
 def _take(it, n):

@@ -1,7 +1,7 @@
 """Evaluate and predict from a saved run, as a user runs them: the run's own config, own output
 folders, new images with no dataset build, and refusals that write nothing.
 
-One tiny run (`configs/demo.py:smoke`, conftest's `demo_run`) is trained once for the session;
+One tiny run (`configs/demo.py:smoke`, conftest's `demo_run`) is trained once per test run;
 every other command is a subprocess of `python -m diffmic_jax.main` against it.
 """
 

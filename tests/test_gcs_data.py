@@ -38,10 +38,8 @@ def hosts(gcs, tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def local(tmp_path_factory):
-  cfg = demo_cfg(tmp_path_factory.mktemp('tfds'))
-  data.prepare(cfg)
-  return cfg
+def local(demo_build):
+  return demo_build
 
 
 def _batches(cfg):

@@ -3,7 +3,7 @@ EMA at evaluation, steps per epoch and the partial last batch."""
 
 import csv
 
-from data_helpers import aptos_subset, data_cfg, demo_cfg
+from data_helpers import aptos_subset, data_cfg
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,10 +29,8 @@ def test_official_recipes_evaluate_the_raw_params():
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-  cfg = demo_cfg(tmp_path_factory.mktemp('tfds'))
-  data.prepare(cfg)
-  return cfg
+def demo(demo_build):
+  return demo_build
 
 
 def test_epochs_end_with_the_partial_batch(demo):
