@@ -42,12 +42,6 @@ def tempered(probs, temperature: float) -> np.ndarray:
   return z / z.sum(-1, keepdims=True)
 
 
-def nll(labels, probs) -> float:
-  """Mean negative log-likelihood of the true classes (probabilities clipped at 1e-12)."""
-  probs = np.asarray(probs, np.float64)
-  return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
-
-
 def fit_temperature(labels, probs) -> float:
   """The T > 0 that minimises the NLL of tempered(probs, T) on labelled (N, K) probabilities."""
   labels = np.asarray(labels).astype(int)

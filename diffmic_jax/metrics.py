@@ -52,6 +52,12 @@ def normalized_entropy(probs) -> np.ndarray:
   return np.clip(-(p * np.log(p)).sum(-1) / np.log(k), 0.0, 1.0)
 
 
+def nll(labels, probs) -> float:
+  """Mean negative log-likelihood of the true classes (probabilities clipped at 1e-12)."""
+  probs = np.asarray(probs)
+  return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+
 def _bin_index(conf, bins: int) -> np.ndarray:
   """Bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 goes to bin 0."""
   edges = np.linspace(0, 1, bins + 1)
@@ -146,7 +152,6 @@ def classification_metrics(labels, probs, num_classes: int, pred=None) -> dict:
   present = np.isin(classes, np.union1d(labels, pred))
   kappa = _quadratic_kappa(labels, pred, classes, notes)
   auc, auc_per_class, auc_notes = _auc_ovr(labels, probs, num_classes)
-  nll = -np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))
   return {
       'n': int(len(labels)),
       'accuracy': float(np.mean(pred == labels)),
@@ -155,7 +160,7 @@ def classification_metrics(labels, probs, num_classes: int, pred=None) -> dict:
       'kappa_quadratic': kappa,
       'auc_ovr_macro': auc,
       'ece': expected_calibration_error(labels, probs),
-      'nll': float(nll),
+      'nll': nll(labels, probs),
       'per_class': {'precision': p.tolist(), 'recall': r.tolist(), 'f1': f1.tolist(),
                     'support': support.astype(int).tolist(), 'auc': auc_per_class},
       'confusion_matrix': skm.confusion_matrix(labels, pred, labels=classes).astype(int).tolist(),

@@ -31,7 +31,7 @@ def test_fit_temperature_recovers_the_accuracy_of_one_hot_read_outs():
   t = calibration.fit_temperature(labels, probs)
   assert t == pytest.approx(1 / math.log(16), rel=1e-4)
   np.testing.assert_allclose(calibration.tempered(probs, t).max(-1), 0.8, rtol=1e-4)
-  assert calibration.nll(labels, calibration.tempered(probs, t)) < calibration.nll(labels, probs)
+  assert metrics.nll(labels, calibration.tempered(probs, t)) < metrics.nll(labels, probs)
 
 
 def test_vote_distribution_interval_width_and_top_two():
