@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffmic_jax import report  # noqa: E402
 from diffmic_jax.data.preprocess import decode  # noqa: E402
 
 ASSETS = 'page'
@@ -40,8 +41,7 @@ def _png_or_jpeg(image: np.ndarray) -> tuple[bytes, str]:
 
 def saliency_overlay(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
   """The (h, w) saliency map, min-max scaled, upsampled and blended over the uint8 image in jet."""
-  sal = np.nan_to_num(np.asarray(saliency, np.float32))
-  sal = (sal - sal.min()) / max(float(np.ptp(sal)), 1e-12)
+  sal = report.unit_range(saliency)
   h, w = image.shape[:2]
   up = np.asarray(Image.fromarray(sal).resize((w, h), Image.BILINEAR), np.float32)
   heat = colormaps['jet'](np.clip(up, 0, 1))[..., :3] * 255

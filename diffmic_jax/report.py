@@ -312,6 +312,12 @@ def _as_display_image(image) -> np.ndarray:
   return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
+def unit_range(saliency) -> np.ndarray:
+  """A saliency map min-max scaled to [0, 1] for display (NaN as 0; a flat map as 0)."""
+  sal = np.nan_to_num(np.asarray(saliency, np.float32))
+  return (sal - sal.min()) / max(float(np.ptp(sal)), 1e-12)
+
+
 def save_saliency_overlay(path: str, image, saliency, boxes, attention=None, title: str = '',
                           cls: int | None = None) -> str:
   """Two panels: the image with the ROI boxes and their attention weights; the saliency over it.
@@ -333,8 +339,7 @@ def save_saliency_overlay(path: str, image, saliency, boxes, attention=None, tit
   sal = np.asarray(saliency, np.float32)
   if sal.ndim == 3:
     sal = sal[..., cls] if cls is not None else sal.sum(-1)
-  sal = np.nan_to_num(sal)
-  sal = (sal - sal.min()) / max(float(np.ptp(sal)), 1e-12)
+  sal = unit_range(sal)
   h, w = image.shape[:2]
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   top_box = None if attention is None or not len(boxes) else int(np.argmax(attention))
