@@ -13,9 +13,14 @@ on disk (a truncated or missing array file) is named, never deleted: a resume mo
 imports Orbax.
 """
 
+import gc
 import json
+import logging as logging_std
 import os
+import sys
 import time
+import traceback
+import warnings
 from typing import Any
 
 import grain
@@ -45,6 +50,64 @@ def _why(error: Exception) -> str:
   """The first line of a restore error, short enough for a log line or an error message."""
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0][:300] if text else ""}'
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  """Whether an unraisable error is an Orbax read left in flight by a restore that failed.
+
+  When one array of a restore fails, Orbax closes its event loop while TensorStore still
+  completes the other reads: each then reports "Event loop is closed", or its coroutine raises
+  when collected. They say nothing the restore's own error does not.
+  """
+  error, culprit = unraisable.exc_value, unraisable.object
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return True
+  code = getattr(culprit, 'cr_code', None)
+  return code is not None and code.co_name == '_read_array_index_and_device_put'
+
+
+class _AbandonedReadTasks(logging_std.Filter):
+  """Drops asyncio's "... exception was never retrieved" for Orbax's abandoned reads."""
+
+  def filter(self, record) -> bool:
+    message = record.getMessage()
+    if 'exception was never retrieved' not in message:
+      return True
+    if record.exc_info:
+      message += ''.join(traceback.format_exception(*record.exc_info))
+    return not any(mark in message for mark in ('orbax', 'OCDBT', 'TensorStore'))
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops the reports of reads abandoned by a failed restore; others reach the previous hook.
+
+  Installed before the first restore (the reports can come before its error does), once per
+  process.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_abandoned_reads', False):
+    return
+
+  def hook(unraisable):
+    if _is_abandoned_read(unraisable):
+      logging.debug('dropped a report from a read abandoned by a failed restore')
+    else:
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging_std.getLogger('asyncio').addFilter(_AbandonedReadTasks())
+  warnings.filterwarnings('ignore', r"coroutine '.*' was never awaited", RuntimeWarning)
+
+
+def _restore(manager, step: int, args):
+  """`manager.restore`, collecting the reads a failure abandons while their reports are dropped."""
+  _quiet_abandoned_reads()
+  try:
+    return manager.restore(step, args=args)
+  except Exception:
+    gc.collect()
+    raise
 
 
 def _get(cfg: dict, dotted: str):
@@ -111,7 +174,7 @@ class Checkpointer:
     return self.path(step, best)
 
   def read_meta(self, step: int, best: bool = False) -> dict:
-    restored = self._manager(best).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    restored = _restore(self._manager(best), step, ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return restored['meta']
 
   def restore(self, step: int, abstract_state: Any, config, data_iter=None, best: bool = False):
@@ -123,7 +186,7 @@ class Checkpointer:
     args = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       args['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self._manager(best).restore(step, args=ocp.args.Composite(**args))
+    restored = _restore(self._manager(best), step, ocp.args.Composite(**args))
     return restored['state'], meta
 
   def restore_newest(self, abstract_state: Any, config, data_iter=None):
@@ -180,7 +243,7 @@ class Checkpointer:
   def _reads(self, step: int, best: bool) -> bool:
     """Whether every array of a checkpoint restores (as saved, onto this host)."""
     try:
-      self._manager(best).restore(step, args=ocp.args.Composite(
+      _restore(self._manager(best), step, ocp.args.Composite(
           state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     except Exception:  # noqa: BLE001
       return False

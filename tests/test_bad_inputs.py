@@ -2,7 +2,7 @@
 naming the thing, exit status 2, and nothing written.
 
 The commands run against a workdir holding real Orbax checkpoints of the smoke model (steps 2 and
-4, the newest with an array file truncated on disk in its damaged copy) and a demo build made
+4, the newest with an array file truncated on disk in its damaged copies) and a demo build made
 once for the module, so no row trains or builds anything.
 """
 
@@ -40,6 +40,11 @@ def world(tmp_path_factory, data_root):
             if p.is_file() and p.parent.name == 'd']
   biggest = max(arrays, key=lambda p: p.stat().st_size)
   biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 3])
+  # Every array unreadable: Orbax's reads then fail at once, in many threads.
+  shutil.copytree(base / 'run', base / 'unreadable')
+  for p in (base / 'unreadable' / 'checkpoints' / '4' / 'state').rglob('*'):
+    if p.is_file() and p.parent.name == 'd':
+      p.write_bytes(p.read_bytes()[:100])
   inputs = base / 'inputs'
   (inputs / 'broken').mkdir(parents=True)
   photo = sorted((data_root / 'aptos2019_224' / 'images').glob('*.jpg'))[0]
@@ -70,6 +75,9 @@ ROWS = [
      'config.train.batch_size=12 must be a multiple of the device count 8'),
     ('checkpoint: damaged on disk', ['--mode=evaluate', '--workdir={base}/damaged',
                                      '--checkpoint=latest'],
+     'checkpoints/4 does not restore'),
+    ('checkpoint: no array readable', ['--mode=evaluate', '--workdir={base}/unreadable',
+                                       '--checkpoint=latest'],
      'checkpoints/4 does not restore'),
     ('checkpoint: no such step', ['--mode=evaluate', '--checkpoint=7'],
      'no checkpoint of step 7'),
