@@ -31,9 +31,10 @@ What is changed on the official code at run time, and nothing else:
     Downloads are also made to fail loudly.
   * on CPU only, the DCG's hard-coded 'cuda:0' (dcg.py experiment_parameters, RetrieveROIModule)
     is switched to CPU; on CUDA it is left as is.
-  * import-time stubs for modules diffusion_trainer.py / utils.py import but never use on these
-    paths: dataloader.loading (the official data pipeline: cv2, skimage, imageio; always stubbed, the
-    images are fed as tensors), matplotlib.pyplot and statsmodels.api (stubbed only if missing).
+  * import-time stubs (bench/official_code.py) for modules the official files import but never use
+    on these paths: dataloader.loading (the official data pipeline: cv2, skimage, imageio; always
+    stubbed, the images are fed as tensors), torchvision.models.densenet and timm.models (encoders
+    not used), matplotlib.pyplot and statsmodels.api (stubbed only if missing).
 
 Prints a table and writes bench/results/official_speed_<device>.json.
 """
@@ -49,11 +50,13 @@ import resource
 import statistics
 import sys
 import time
-import types
 
 from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import official_code  # noqa: E402
 
 # Reference figures for the official PyTorch code on a 2-core CPU (the same as in train_speed.py /
 # sampling_speed.py); this script's own run is compared against them.
@@ -61,48 +64,23 @@ REFERENCE_FIGURES = {'dcg_pretrain_s': 8.1, 'joint_s': 22.5, 'test_chain_60_s_pe
                  'joint_peak_gb': 10.1}
 
 
-def _stub(name: str, **attrs) -> types.ModuleType:
-  mod = types.ModuleType(name)
-  mod.__dict__.update(attrs)
-  mod.__file__ = f'<stub for {name}: bench/official_speed.py>'
-  sys.modules[name] = mod
-  return mod
-
-
 def import_official(official_dir: pathlib.Path):
-  """Imports the official modules from official_dir; returns (modules namespace, stubs applied)."""
-  import importlib
-  import importlib.util
+  """Imports the official modules from official_dir (bench/official_code.py); returns (modules
+  namespace, stubs applied)."""
   if not (official_dir / 'diffusion_trainer.py').is_file():
     raise SystemExit(f'no official DiffMIC code in {official_dir}: '
                      'git --git-dir=<bare clone> archive HEAD | tar -x -C .official')
-  sys.path.insert(0, str(official_dir))
-  stubs = []
-  # STUB: utils.py does `from dataloader.loading import *`; loading.py is the official data pipeline
-  # (imports cv2, skimage, imageio, scipy.ndimage.morphology). Nothing timed here uses it: the
-  # images are fed as tensors. An empty module satisfies the star import.
-  _stub('dataloader.loading')
-  stubs.append('dataloader.loading (empty module)')
-  # STUB (only if missing): diffusion_trainer.py imports matplotlib.pyplot (plt.style.use at import)
-  # and statsmodels.api, both for plots/statistics in test(), neither used on the timed paths.
-  if importlib.util.find_spec('matplotlib') is None:
-    _stub('matplotlib')
-    _stub('matplotlib.pyplot', style=types.SimpleNamespace(use=lambda *a, **k: None))
-    stubs.append('matplotlib.pyplot (style.use no-op)')
-  if importlib.util.find_spec('statsmodels') is None:
-    _stub('statsmodels')
-    _stub('statsmodels.api')
-    stubs.append('statsmodels.api (empty module)')
-
+  # dataloader.loading (the official data pipeline) is an empty module: the images are fed as
+  # tensors.
+  ns, stubs = official_code.import_official(official_dir, data_pipeline=False)
   import torch
   import torchvision
-  modules = importlib.import_module('pretraining.modules')
 
   # Random weights: the official DownsampleNetworkResNet18V1 calls resnet50(pretrained=True).
   def resnet50_random(pretrained=False, **kwargs):
     del pretrained
     return torchvision.models.resnet50(weights=None, **kwargs)
-  modules.resnet50 = resnet50_random
+  ns.modules.resnet50 = resnet50_random
 
   def no_download(*a, **k):
     raise RuntimeError(f'official_speed.py: weight download attempted ({a[:1]}); weights are random')
@@ -110,14 +88,6 @@ def import_official(official_dir: pathlib.Path):
   import torchvision.models._api as tv_api
   if hasattr(tv_api, 'load_state_dict_from_url'):
     tv_api.load_state_dict_from_url = no_download
-
-  ns = types.SimpleNamespace(
-      trainer=importlib.import_module('diffusion_trainer'),
-      model=importlib.import_module('model'),
-      dutils=importlib.import_module('diffusion_utils'),
-      ema=importlib.import_module('ema'),
-      utils=importlib.import_module('utils'),
-      dcg=importlib.import_module('pretraining.dcg'))
   return ns, stubs
 
 

@@ -27,6 +27,7 @@ TESTS = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS), str(TESTS.parent)]
 
 import golden_setup as gs  # pylint: disable=wrong-import-position
+from bench import official_code  # pylint: disable=wrong-import-position
 import torch  # pylint: disable=wrong-import-position
 from torch import nn  # pylint: disable=wrong-import-position
 
@@ -35,50 +36,13 @@ CE_WEIGHT = 0.01  # The official lambda_ce (commented out in its configs).
 
 
 def _import_official(official: str, torchvision_dir: str | None):
-  if torchvision_dir:  # Bare packages: skip torchvision/__init__ and its compiled operators.
-    for name, sub in (('torchvision', ''), ('torchvision.models', 'models'),
-                      ('torchvision.transforms', 'transforms')):
-      module = types.ModuleType(name)
-      module.__path__ = [str(pathlib.Path(torchvision_dir) / sub)]
-      sys.modules[name] = module
-    presets = types.ModuleType('torchvision.transforms._presets')
-    presets.ImageClassification = object
-    sys.modules['torchvision.transforms._presets'] = presets
-  densenet = types.ModuleType('torchvision.models.densenet')
-  densenet.densenet121 = None  # Imported by the official model.py, unused here.
-  sys.modules['torchvision.models.densenet'] = densenet
-  timm = types.ModuleType('timm.models')
-  timm.create_model = None  # Likewise (the 'vit' encoder).
-  sys.modules['timm'], sys.modules['timm.models'] = types.ModuleType('timm'), timm
-  sys.path.insert(0, official)
-  import diffusion_utils  # pylint: disable=import-outside-toplevel
-  import model  # pylint: disable=import-outside-toplevel
-  import pretraining.dcg  # pylint: disable=import-outside-toplevel
-  import pretraining.modules  # pylint: disable=import-outside-toplevel
-  from torchvision.models import resnet  # pylint: disable=import-outside-toplevel
-  return diffusion_utils, model, pretraining, resnet
+  off, _ = official_code.import_official(official, torchvision_dir)
+  return off.dutils, off.model, types.SimpleNamespace(dcg=off.dcg, modules=off.modules), off.resnet
 
 
 def _narrow_resnet(resnet, width):
   """torchvision's ResNet and BasicBlock, one block per stage, at base width `width`."""
-
-  class Narrow(resnet.ResNet):
-    def __init__(self):  # pylint: disable=super-init-not-called
-      nn.Module.__init__(self)
-      self._norm_layer, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, 1, 1, 64
-      self.inplanes = width
-      self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-      self.bn1 = nn.BatchNorm2d(width)
-      self.relu = nn.ReLU(inplace=True)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-      self.layer1 = self._make_layer(resnet.BasicBlock, width, 1)
-      self.layer2 = self._make_layer(resnet.BasicBlock, 2 * width, 1, stride=2)
-      self.layer3 = self._make_layer(resnet.BasicBlock, 4 * width, 1, stride=2)
-      self.layer4 = self._make_layer(resnet.BasicBlock, 8 * width, 1, stride=2)
-      self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-      self.fc = nn.Linear(8 * width, 1000)
-
-  return Narrow()
+  return official_code.narrow_resnet(resnet, width, blocks=(1, 1, 1, 1))
 
 
 # ---- torch state-dict name <-> Flax path ----
@@ -207,14 +171,8 @@ def official_modules(off, config):
   model.resnet18 = lambda: _narrow_resnet(resnet, gs.WIDTH)
   ns = types.SimpleNamespace
   k, c = gs.NUM_CLASSES, 8 * gs.WIDTH
-  dcg = pretraining.dcg.DCG(ns(data=ns(num_classes=k)))
-  dcg.experiment_parameters['device_type'] = 'cpu'
-  dcg.retrieve_roi_crops.gpu_number = None
   grid = gs.IMAGE_SIZE // 32
-  dcg.cam_size = (grid, grid)
-  dcg.left_postprocess_net.gn_conv_last = nn.Conv2d(c, k, 1, bias=False)
-  dcg.mil_attn_U, dcg.mil_attn_V = nn.Linear(c, 128, bias=False), nn.Linear(c, 128, bias=False)
-  dcg.classifier_linear = nn.Linear(c, k, bias=False)
+  dcg = official_code.narrow_dcg(pretraining.dcg.DCG(ns(data=ns(num_classes=k))), c, k, grid, 32)
   eps = model.ConditionalModel(
       ns(diffusion=ns(timesteps=gs.TIMESTEPS), data=ns(num_classes=k),
          model=ns(data_dim=None, arch='resnet18', feature_dim=gs.FEATURE_DIM, hidden_dim=None)),
