@@ -125,6 +125,12 @@ BLOCKS = {'resnet18': (2, 2, 2, 2), 'resnet_tiny': (1, 1, 1, 1)}
 SMOKE = {'train': 24, 'validation': 16, 'test': 16}
 
 
+def fail(message: str):
+  """Bad input: the one line, exit status 2, before anything is written."""
+  print(message, file=sys.stderr)
+  sys.exit(2)
+
+
 def _get(config, dotted):
   for part in dotted.split('.'):
     config = config[part]
@@ -137,7 +143,7 @@ def check_recipe(c) -> list[str]:
   need = {
       'data.name': 'aptos2019', 'model.prior_input': 'fused', 'model.attention_dim': 128,
       'model.pretrained': None, 'model.eps_pretrained': None, 'model.eps_init': 'random',
-      'model.dtype': 'float32', 'loss.mmd_weight': 0.5, 'loss.mmd_bandwidths': (),
+      'model.dtype': 'float32', 'model.top_t_percent': 1.0, 'loss.mmd_weight': 0.5, 'loss.mmd_bandwidths': (),
       'loss.ce_weight': 0.0, 'loss.eps_ce_weight': 0.0, 'train.prior_dropout': 0.0,
       'train.steps_per_epoch': None, 'data.class_balanced': False, 'data.horizontal_flip': True,
       'data.vertical_flip': True, 'data.rotation_degrees': 30.0, 'diffusion.beta_schedule': 'linear',
@@ -145,15 +151,15 @@ def check_recipe(c) -> list[str]:
   for field, value in need.items():
     got = _get(c, field)
     if (tuple(got) if isinstance(got, (list, tuple)) else got) != value:
-      raise SystemExit(f'error: config.{field} = {got!r}: the official code has only {value!r}')
+      fail(f'error: config.{field} = {got!r}: the official code has only {value!r}')
   for field in ('model.dcg_backbone', 'model.eps_backbone'):
     if _get(c, field) not in BLOCKS:
-      raise SystemExit(f'error: config.{field} = {_get(c, field)!r}: narrow trunks are made for '
-                       f'{sorted(BLOCKS)}')
+      fail(f'error: config.{field} = {_get(c, field)!r}: narrow trunks are made for '
+           f'{sorted(BLOCKS)}')
   grid = _grid(c)
   if c.image_size % grid:
-    raise SystemExit(f'error: config.image_size = {c.image_size} is not a whole number of '
-                     f'{grid} saliency cells; the official crops need one')
+    fail(f'error: config.image_size = {c.image_size} is not a whole number of '
+         f'{grid} saliency cells; the official crops need one')
   diffs = []
   if not c.model.crop_first_channel:
     diffs.append('crops: the official DCG crops colour channel 0 and repeats it; this config '
@@ -204,14 +210,18 @@ def official_yml(official_dir: pathlib.Path, c, lists: dict, smoke: bool) -> dic
 
 def write_lists(c, out: pathlib.Path, smoke: bool) -> tuple[dict, dict]:
   """The port's train/validation/test lists as the official pickles; (paths, sizes)."""
-  splits = aptos2019.resolve(os.path.expanduser(c.data.manual_dir), c.data.builder_config)
-  out.mkdir(parents=True, exist_ok=True)
-  paths, sizes = {}, {}
+  try:
+    splits = aptos2019.resolve(os.path.expanduser(c.data.manual_dir), c.data.builder_config)
+  except aptos2019.DataError as e:
+    fail(f'error: config.data: {e}')
   for name, examples in splits.items():
     missing = [ex.where for ex in examples if ex.path is None or not os.path.isfile(ex.path)]
     if missing:
-      raise SystemExit(f'error: {missing[0]}: no image in {c.data.manual_dir} '
-                       f'({len(missing)} of the {name} list)')
+      fail(f'error: {missing[0]}: no image in {c.data.manual_dir} '
+           f'({len(missing)} of the {name} list)')
+  out.mkdir(parents=True, exist_ok=True)
+  paths, sizes = {}, {}
+  for name, examples in splits.items():
     if smoke:
       examples = examples[:SMOKE[name]]
     rows = [{'img_root': ex.path, 'label': int(ex.label)} for ex in examples]
@@ -409,6 +419,30 @@ def test_seed(off, cfg, log_path: pathlib.Path, test_list: pathlib.Path, seed: i
   return res
 
 
+def port_commands(seeds: str, name: str) -> list[str]:
+  """This port's runs of the same recipe: bench/accuracy.py (its checkpoints re-evaluated with
+  the official truncated chain), then the agreement and image-swap figures on the test split."""
+  given = [a for a in sys.argv[1:] if a.startswith('--config=')]
+  config = given[-1] if given else f"--config={flags.FLAGS['config'].default_as_str.strip(chr(39))}"
+  overrides = ' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))
+  work = f'/tmp/port_{name}'
+  return [f'python bench/accuracy.py {config} --seeds={seeds} --workdir={work} --name={name} '
+          f'--resample=truncated {overrides}',
+          f'python bench/diffusion_vs_dcg.py {config} --seeds={seeds} --workdir={work} '
+          f'--split=test --name={name}_test {overrides} --config.eval.sampler=truncated']
+
+
+def print_epochs(per_seed: dict) -> None:
+  """Per-epoch training losses and validation accuracies, one line per seed."""
+  row = lambda values: ' '.join(f'{v:.4f}' for v in values)
+  for seed, r in per_seed.items():
+    print(f'seed {seed}: DCG pre-training loss per epoch  {row(r["dcg_pretrain_loss_per_epoch"])}')
+    print(f'seed {seed}: noise loss per joint epoch       {row(r["noise_loss_per_epoch"])}')
+    print(f'seed {seed}: DCG loss per joint epoch         {row(r["dcg_joint_loss_per_epoch"])}')
+    print(f'seed {seed}: validation accuracy (epoch)      ' + ' '.join(
+        f"{v['accuracy']:.4f} ({v['epoch']})" for v in r['validation']))
+
+
 def _stats(values: list) -> dict:
   values = [v for v in values if v is not None]
   return {'mean': statistics.mean(values),
@@ -422,11 +456,13 @@ def main(argv):
   logging.getLogger().removeHandler(absl_logging.get_absl_handler())  # The trainer logs its own.
   c = f.config
   if not c.data.manual_dir:
-    raise SystemExit('error: config.data.manual_dir is not set (the aptos2019_224 folder)')
+    fail('error: config.data.manual_dir is not set (the aptos2019_224 folder)')
   seeds = [int(s) for s in f.seeds.split(',')]
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
   official_dir = pathlib.Path(f.official_dir).resolve()
+  if not (official_dir / 'main.py').is_file():
+    fail(f'error: --official_dir={f.official_dir}: no official DiffMIC checkout (main.py) there')
   differences = check_recipe(c)
   work = pathlib.Path(f.workdir)
   lists, sizes = write_lists(c, work / 'lists', f.smoke)
@@ -486,6 +522,7 @@ def main(argv):
       work if f.smoke else REPO / 'bench' / 'results') / f'official_train_{name}.json'
   path.parent.mkdir(parents=True, exist_ok=True)
   recipe = {k: _get(c, k) for k in RECIPE_FIELDS}
+  print_epochs(per_seed)
   path.write_text(json.dumps({
       'command': ' '.join(['python', 'bench/official_train.py', *sys.argv[1:]]),
       'date': time.strftime('%Y-%m-%d', time.gmtime()), 'commit': commit,
@@ -493,7 +530,8 @@ def main(argv):
       'smoke': f.smoke, 'seeds': list(per_seed), 'split_sizes': sizes,
       'torch': torch.__version__, 'threads': torch.get_num_threads(), 'patches': PATCHES,
       'stubs': stubs, 'recipe': recipe, 'recipe_differences': differences, 'official_yml': y,
-      'port_config': c.to_dict(), 'summary': summary,
+      'port_config': c.to_dict(), 'port_commands': port_commands(f.seeds, f.name),
+      'summary': summary,
       'per_seed': {str(s): r for s, r in per_seed.items()}}, indent=2, default=str))
   print(f'wrote {path}')
 
