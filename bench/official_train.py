@@ -60,7 +60,9 @@ epsilon network shown another image of the batch (`p_sample_loop(model, x[rows],
 
 Writes bench/results/official_train_<name>.json (--smoke: under --workdir) and prints a table;
 each seed's result is kept in <workdir>/seed<N>/result.json, and a seed that has one is not run
-again. Long (a CPU run of the 32 px recipe takes about an hour per seed): run it in the background.
+again. Long: on a 2-core CPU shared with other work, one torch thread, a seed of the 32 px recipe
+takes about 50 minutes, most of it the official validation's full T-step chain (six times); run it
+in the background. A second torch thread made it several times slower there, not faster.
 """
 
 import json
@@ -548,7 +550,7 @@ def _define_flags():
   flags.DEFINE_string('workdir', None, 'Lists, yml and runs (<workdir>/seed<N>).', required=True)
   flags.DEFINE_string('name', 'aptos2019_32', 'Result name.')
   flags.DEFINE_string('out', None, 'JSON path (default bench/results/official_train_<name>.json).')
-  flags.DEFINE_integer('threads', 2, 'torch.set_num_threads.')
+  flags.DEFINE_integer('threads', 1, 'torch.set_num_threads (the chains are many small ops).')
   flags.DEFINE_integer('num_samples', None, 'Test draws per image (default config.eval.num_samples).')
   flags.DEFINE_boolean('smoke', False, 'Tiny subsets and chains: a check of the set-up, in seconds.')
 
