@@ -78,12 +78,19 @@ class _AbandonedReadTasks(logging_std.Filter):
     return not any(mark in message for mark in ('orbax', 'OCDBT', 'TensorStore'))
 
 
+_LOG_FILTERS = []  # Added once per process.
+
+
 def _quiet_abandoned_reads() -> None:
   """Drops the reports of reads abandoned by a failed restore; others reach the previous hook.
 
-  Installed before the first restore (the reports can come before its error does), once per
-  process.
+  Installed before every restore (the reports can come before its error does); the hook is put
+  back where something replaced it (test runners do, per test), the filters are added once.
   """
+  if not _LOG_FILTERS:
+    _LOG_FILTERS.append(_AbandonedReadTasks())
+    logging_std.getLogger('asyncio').addFilter(_LOG_FILTERS[0])
+    warnings.filterwarnings('ignore', r"coroutine '.*' was never awaited", RuntimeWarning)
   previous = sys.unraisablehook
   if getattr(previous, 'drops_abandoned_reads', False):
     return
@@ -96,8 +103,6 @@ def _quiet_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
-  logging_std.getLogger('asyncio').addFilter(_AbandonedReadTasks())
-  warnings.filterwarnings('ignore', r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def _restore(manager, step: int, args):

@@ -4,6 +4,7 @@ predict inputs as users have them, two evaluations finishing at once, a stop sig
 evaluation loop. Real locks held by real processes, real Orbax checkpoints with a file truncated
 on disk, real TFDS builds, real APTOS photos converted to each image kind."""
 
+import gc
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 
 from absl import flags
 import jax
@@ -147,6 +149,28 @@ def _damage(step_dir: pathlib.Path) -> pathlib.Path:
   biggest = max(arrays, key=lambda p: p.stat().st_size)
   biggest.write_bytes(biggest.read_bytes()[:biggest.stat().st_size // 3])
   return biggest
+
+
+def test_restores_drop_only_the_reports_of_abandoned_reads():
+  """Reads a failed restore leaves in flight report into a closed event loop; only those go."""
+  seen = []
+  before = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: seen.append(str(unraisable.exc_value))
+  try:
+    checkpoint._quiet_abandoned_reads()
+
+    class Failing:
+      def __del__(self):
+        raise ValueError('a finaliser that fails')
+
+    Failing()
+    gc.collect()
+    sys.unraisablehook(types.SimpleNamespace(
+        exc_type=RuntimeError, exc_value=RuntimeError('Event loop is closed'),
+        exc_traceback=None, err_msg=None, object=None))
+  finally:
+    sys.unraisablehook = before
+  assert seen == ['a finaliser that fails']
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint_and_keeps_it(tmp_path, caplog):
