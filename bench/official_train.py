@@ -173,8 +173,6 @@ def check_recipe(c) -> list[str]:
                f'{c.diffusion.timesteps}-step p_sample_loop, one sample per image; this config '
                f'with {c.eval.val_sampler or c.eval.sampler} '
                f'{c.eval.val_num_steps or c.eval.num_steps} steps')
-  diffs.append(f'validation cadence: officially after joint epochs 1, 1 + k, ... and the last '
-               f'(epoch % {c.train.eval_every_epochs} == 0, 0-based); this port after k, 2k, ...')
   diffs.append('test chain: official truncated p_sample_loop (unit noise around the prior at step '
                f'{c.eval.num_steps}); the port evaluates eval.sampler={c.eval.sampler!r} '
                '(bench/accuracy.py --resample=truncated gives the official chain)')

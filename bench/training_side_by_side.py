@@ -9,9 +9,9 @@ Reads what three other scripts wrote for the same recipe and seeds:
 - bench/diffusion_vs_dcg.py's JSON for those runs on the test split with the official chain and
   the same number of samples (`--split=test --config.eval.sampler=truncated`).
 
-For each quantity it prints the mean ± standard deviation over seeds of both codes, the
-difference of the means and whether this port's mean lies inside the official runs' range
-(min-max over seeds), and plots the per-epoch training losses of every seed of both codes.
+For each quantity it prints the mean ± standard deviation over each code's seeds, the difference
+of the means and whether this port's mean lies inside the official runs' range (min-max over
+seeds), and plots the per-epoch training losses of every seed of both codes.
 
     python bench/training_side_by_side.py --official=bench/results/official_train_aptos2019_32.json \\
         --port_workdir=/tmp/port32 --port_test=bench/results/diffusion_vs_dcg_aptos2019_32_port_test_truncated.json \\
@@ -64,28 +64,30 @@ def port_losses(seed_dir: pathlib.Path, joint_epochs: int) -> dict:
 
 
 def compare(official: dict, port_test: dict, port_workdir: pathlib.Path) -> dict:
-  seeds = [str(s) for s in official['seeds']]
-  if sorted(str(s) for s in port_test['seeds']) != sorted(seeds):
-    raise SystemExit(f'seeds differ: official {seeds}, port {port_test["seeds"]}')
-  joint_epochs = len(official['per_seed'][seeds[0]]['noise_loss_per_epoch'])
+  """Each code over its own seeds: seeds of two codes are not paired, only their spreads compare."""
+  seeds = {'official': [str(s) for s in official['seeds']],
+           'port': [str(s) for s in port_test['seeds']]}
+  joint_epochs = len(official['per_seed'][seeds['official'][0]]['noise_loss_per_epoch'])
   losses = {'official': {s: {k: official['per_seed'][s][k] for k in (
       'steps_per_epoch', 'noise_loss_per_epoch', 'dcg_pretrain_loss_per_epoch',
-      'dcg_joint_loss_per_epoch')} for s in seeds},
-            'port': {s: port_losses(port_workdir / f'seed{s}', joint_epochs) for s in seeds}}
+      'dcg_joint_loss_per_epoch')} for s in seeds['official']},
+            'port': {s: port_losses(port_workdir / f'seed{s}', joint_epochs)
+                     for s in seeds['port']}}
+  tests = {'official': official['per_seed'], 'port': port_test['per_seed']}
   rows = []
   for label, key in TEST_ROWS + [('noise loss, last joint epoch', 'noise_loss_per_epoch'),
                                  ('DCG loss, last joint epoch', 'dcg_joint_loss_per_epoch')]:
     if key.endswith('_per_epoch'):
-      off = _stats([losses['official'][s][key][-1] for s in seeds])
-      ours = _stats([losses['port'][s][key][-1] for s in seeds])
+      off, ours = (_stats([losses[c][s][key][-1] for s in seeds[c]]) for c in ('official', 'port'))
     else:
-      off = _stats([official['per_seed'][s][key] for s in seeds])
-      ours = _stats([port_test['per_seed'][s][key] for s in seeds])
+      off, ours = (_stats([tests[c][s][key] for s in seeds[c]]) for c in ('official', 'port'))
     rows.append({'quantity': label, 'key': key, 'official': off, 'port': ours,
                  'difference': ours['mean'] - off['mean'],
                  'port_mean_inside_official_range': off['min'] <= ours['mean'] <= off['max']})
-  return {'seeds': seeds, 'n_test': official['per_seed'][seeds[0]]['n'], 'rows': rows,
-          'losses': losses}
+  n = {c: tests[c][seeds[c][0]]['n'] for c in ('official', 'port')}
+  if n['official'] != n['port']:
+    raise SystemExit(f'the two test splits differ in size: {n}')
+  return {'seeds': seeds, 'n_test': n['port'], 'rows': rows, 'losses': losses}
 
 
 def plot(result: dict, path: pathlib.Path) -> None:
@@ -129,14 +131,22 @@ def main():
   result = compare(official, port_test, pathlib.Path(args.port_workdir))
   result.update(official_json=args.official, port_test_json=args.port_test,
                 port_workdir=args.port_workdir, port_sampler=port_test['per_seed'][
-                    result['seeds'][0]]['sampler'])
-  print(f'test split (n = {result["n_test"]}), seeds {", ".join(result["seeds"])}; '
-        f'port chain: {result["port_sampler"]}')
+                    result['seeds']['port'][0]]['sampler'])
+  print(f'test split (n = {result["n_test"]}); official seeds {result["seeds"]["official"]}, '
+        f'port seeds {result["seeds"]["port"]}; port chain: {result["port_sampler"]}')
   print(f'{"quantity":50s} {"official":>17s} {"this port":>17s} {"port - off.":>11s}  inside')
   for r in result['rows']:
     o, q = r['official'], r['port']
     print(f'{r["quantity"]:50s} {o["mean"]:8.4f} ± {o["std"]:.4f} {q["mean"]:8.4f} ± {q["std"]:.4f} '
           f'{r["difference"]:+11.4f}  {"yes" if r["port_mean_inside_official_range"] else "no"}')
+  print(f'\n| test split, n = {result["n_test"]} | official code ({len(result["seeds"]["official"])} '
+        f'seeds) | this port ({len(result["seeds"]["port"])} seeds) | port - official | port mean '
+        'inside the official range |\n| --- | --- | --- | --- | --- |')
+  for r in result['rows']:
+    o, q = r['official'], r['port']
+    print(f'| {r["quantity"]} | {o["mean"]:.3f} ± {o["std"]:.3f} ({o["min"]:.3f}-{o["max"]:.3f}) | '
+          f'{q["mean"]:.3f} ± {q["std"]:.3f} | {r["difference"]:+.3f} | '
+          f'{"yes" if r["port_mean_inside_official_range"] else "no"} |')
   if args.plot:
     plot(result, pathlib.Path(args.plot))
     print(f'wrote {args.plot}')
