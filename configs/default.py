@@ -113,6 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 0: as official.
   c.train.prior_dropout = 0.0
   c.train.prior_dropout_to = 'uniform'
+  # The official trainer's guidance-accuracy passes, which run the DCG in train mode: its running
+  # statistics (not its weights) move over the validation split before stage 1 and over one
+  # shuffled, augmented train epoch then the validation split after it (officially its test
+  # split; here validation, so no test image reaches the model). One process only. Off: eval mode.
+  c.train.official_dcg_passes = False
   # Evaluate with the EMA params. Off, as officially (its EMA is never used); the EMA is paired
   # with the running BatchNorm statistics that the raw params collected.
   c.train.eval_with_ema = False

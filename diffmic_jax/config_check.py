@@ -123,6 +123,7 @@ RULES = {
     'train.prior_dropout': lambda v: (_number(v) and 0 <= v < 1, 'a probability in [0, 1)'),
     'train.prior_dropout_to': one_of(PRIOR_DROPOUT_TO),
     'model.eps_init': one_of(EPS_INITS),
+    'train.official_dcg_passes': boolean,
     'train.log_every_steps': positive,
     'train.checkpoint_every_steps': optional_positive,
     'train.checkpoint_every_minutes': lambda v: (

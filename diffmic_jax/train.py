@@ -25,7 +25,7 @@ from diffmic_jax import (checkpoint, data, host_memory, parallel, preemption, pr
 from diffmic_jax.errors import UserError
 from diffmic_jax.evaluate import Validator, evaluate_splits
 from diffmic_jax.metric_writer import MetricWriter
-from diffmic_jax.train_steps import dcg_pretrain_step, joint_step
+from diffmic_jax.train_steps import dcg_pretrain_step, dcg_statistics_pass, joint_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,6 +55,36 @@ def steps_per_epoch(config) -> int:
     raise UserError(f'train split has {n} examples, fewer than one batch of '
                     f'{b}: lower train.batch_size or add images')
   return batches_per_epoch(n, b, partial_last_batch(config))
+
+
+def official_dcg_passes(config, models: train_state.Models, mesh, state, splits):
+  """`train.official_dcg_passes`: the DCG's BatchNorm statistics moved by train-mode passes over
+  `splits` in order, batches of train.batch_size, no weight updated.
+
+  The train split is read as the official shuffled loader reads it: one augmented epoch with its
+  partial last batch, from its own seed, so the training batches that follow are unchanged; other
+  splits in order, without padding. Returns the new state.
+  """
+  if jax.process_count() > 1:
+    raise UserError('train.official_dcg_passes runs with one process only')
+  fn = jax.jit(functools.partial(dcg_statistics_pass, models))
+  b = config.train.batch_size
+  for split in splits:
+    if split == config.data.train_split:
+      n = data.num_examples(config.data, split)
+      it = data.make_train_iterator(config.data, image_size=config.image_size, global_batch_size=b,
+                                    seed=config.seed + _PASS_SEED, partial_last_batch=True)
+      batches = (next(it) for _ in range(batches_per_epoch(n, b, True)))
+    else:
+      batches = ({'image': x['image'][x['mask']]} for x in data.make_eval_iterator(
+          config.data, split, image_size=config.image_size, global_batch_size=b))
+    for local in batches:
+      stats = fn(state.dcg, parallel.global_batch({'image': local['image']}, mesh, replicate=True))
+      state = state.replace(dcg=train_state.NetState(state.dcg.params, stats, state.dcg.opt_state))
+  return state
+
+
+_PASS_SEED = 7919  # Offsets the passes' shuffle from the training iterator's seeds.
 
 
 def initial_state(config, models: train_state.Models, mesh):
@@ -162,6 +192,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with run.boundary:
       if run.unvalidated and not _validate(run, run.step):
         raise preemption.Stopped(run.boundary.signum, run.step, run.ckpt.path(run.step))
+      if run.config.train.official_dcg_passes and run.step == 0:
+        run.state = official_dcg_passes(run.config, run.models, run.mesh, run.state,
+                                        (run.config.data.val_split,))
       _stage_1_pretrain_dcg(run)
       _stage_2_joint(run)
     # A single process signalled after its last step boundary has its final checkpoint already.
@@ -234,6 +267,11 @@ def _stage_2_joint(run: _Run) -> None:
   """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
   a resumed run draws the noise and timesteps an uninterrupted run drew."""
   key = train_state.keys(run.config.seed)['train']
+  if run.config.train.official_dcg_passes and run.step == run.pre_steps:
+    run.state = official_dcg_passes(run.config, run.models, run.mesh, run.state,
+                                    (run.config.data.train_split, run.config.data.val_split))
+    logging.info('DCG running statistics: train-mode passes over %s and %s',
+                 run.config.data.train_split, run.config.data.val_split)
   if run.config.model.get('eps_init', 'random') == 'dcg' and run.step == run.pre_steps:
     run.state = train_state.eps_encoder_from_dcg(run.state)
     logging.info('epsilon-network encoder: a copy of the trained DCG global trunk')

@@ -46,6 +46,14 @@ def dcg_pretrain_step(models: Models, state: TrainState, batch: dict):
   return state.replace(step=state.step + 1, dcg=dcg), metrics
 
 
+def dcg_statistics_pass(models: Models, dcg: NetState, batch: dict):
+  """The DCG in train mode on one batch with no weight update: returns its BatchNorm running
+  statistics, moved as in the official `evaluate_guidance_model`, which never calls `eval()`."""
+  _, updates = models.dcg.apply(dcg.variables(), normalize(batch['image']), train=True,
+                                mutable=['batch_stats'])
+  return updates['batch_stats']
+
+
 def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, priors, key):
   """The epsilon network's loss for one batch, given the DCG priors.
 

@@ -1,5 +1,5 @@
 """The training loop between the steps, against the official trainer's: validation cadence, the
-EMA at evaluation, steps per epoch and the partial last batch."""
+EMA at evaluation, steps per epoch and the partial last batch, the train-mode DCG passes."""
 
 import csv
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import aptos, default, isic
-from diffmic_jax import data, evaluate, train
+import jax
+
+from configs import aptos, default, demo as demo_config, isic
+from diffmic_jax import data, evaluate, parallel, train, train_state
+from diffmic_jax.data.normalize import normalize
 from diffmic_jax.data.preprocess import center_square
 
 
@@ -50,6 +53,46 @@ def test_epochs_end_with_the_partial_batch(demo):
     data.make_train_iterator(demo, image_size=28, global_batch_size=64, seed=0, process_count=2,
                              partial_last_batch=True)
 
+
+
+def test_official_dcg_passes_move_only_the_running_statistics(demo):
+  """`train.official_dcg_passes`: train-mode DCG forwards over the validation split (in order,
+  padding dropped, batches of train.batch_size) and over one augmented train epoch; the weights,
+  the optimizer state and the training batches that follow are untouched."""
+  config = demo_config.get_config('smoke')
+  config.data = demo
+  config.train.batch_size = 64
+  models = train_state.build_models(config, steps_per_epoch=17)
+  state = train_state.init_state(models, jax.random.key(0), config.image_size)
+  mesh = parallel.make_mesh()
+  flat = lambda tree: jax.tree.leaves(jax.device_get(tree))
+
+  # Reference: the validation images (120: batches of 64 and 56), one train-mode apply each.
+  stats = state.dcg.batch_stats
+  for x in data.make_eval_iterator(demo, 'validation', image_size=28, global_batch_size=64):
+    _, upd = models.dcg.apply({'params': state.dcg.params, 'batch_stats': stats},
+                              normalize(x['image'][x['mask']]), train=True, mutable=['batch_stats'])
+    stats = upd['batch_stats']
+  before = jax.device_get(state)
+  after = train.official_dcg_passes(config, models, mesh, state, ('validation',))
+  for a, b in zip(flat(after.dcg.batch_stats), flat(stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert any(not np.allclose(a, b) for a, b in zip(flat(after.dcg.batch_stats),
+                                                   flat(before.dcg.batch_stats)))
+  for a, b in zip(flat((after.dcg.params, after.dcg.opt_state, after.eps)),
+                  flat((before.dcg.params, before.dcg.opt_state, before.eps))):
+    np.testing.assert_array_equal(a, b)
+
+  # The train epoch reads its own shuffle: the training iterator's batches do not move.
+  both = train.official_dcg_passes(config, models, mesh, after, ('train', 'validation'))
+  assert any(not np.allclose(a, b) for a, b in zip(flat(both.dcg.batch_stats),
+                                                   flat(after.dcg.batch_stats)))
+  it = data.make_train_iterator(demo, image_size=28, global_batch_size=64, seed=config.seed,
+                                partial_last_batch=True)
+  first = next(it)['label']
+  again = data.make_train_iterator(demo, image_size=28, global_batch_size=64,
+                                   seed=config.seed + train._PASS_SEED, partial_last_batch=True)
+  assert not np.array_equal(first, next(again)['label'])
 
 
 def test_builds_store_the_official_loaders_pixels(data_root, tmp_path):
