@@ -51,10 +51,19 @@ def draw(seed_dir: pathlib.Path, m: int, splits: tuple[str, ...]) -> dict:
   return {s: (got[f'{s}/sample_y0'], got[f'{s}/dcg_prob'], got[f'{s}/label']) for s in splits}
 
 
-_ROWS = (('probabilities', 'temperature', ('accuracy', 'ece', 'nll', 'brier')),
-         ('uncertainty', 'entropy_calibrated', ('aurc',)),
-         ('uncertainty', 'interval_width', ('aurc',)),
-         ('uncertainty', 'ttest_p', ('aurc',)))
+def summarize(drawn: dict, ms, split: str) -> dict:
+  """{M: calibration.over_seeds of each seed's `split` assessed with its first M samples and the
+  temperature fitted on its validation split with the same M samples}."""
+  by_m = {}
+  for m in ms:
+    assessed = []
+    for got in drawn.values():
+      y_val, _, l_val = got['validation']
+      t = calibration.fit_temperature(l_val, calibration.per_image(y_val[:m], 1.0)['mean_prob'])
+      y, dcg, labels = got[split]
+      assessed.append(calibration.assess(labels, y[:m], dcg, t))
+    by_m[m] = calibration.over_seeds(assessed)
+  return by_m
 
 
 def _cell(s: dict) -> str:
@@ -85,15 +94,7 @@ def main(argv):
   workdir, ms = pathlib.Path(f.workdir), sorted(int(m) for m in f.samples.split(','))
   seeds = [workdir / f'seed{s}' for s in f.seeds.split(',')]
   drawn = {s.name: draw(s, ms[-1], ('validation', f.split)) for s in seeds}
-  by_m = {}
-  for m in ms:
-    assessed = []
-    for got in drawn.values():
-      y_val, _, l_val = got['validation']
-      t = calibration.fit_temperature(l_val, calibration.per_image(y_val[:m], 1.0)['mean_prob'])
-      y, dcg, labels = got[f.split]
-      assessed.append(calibration.assess(labels, y[:m], dcg, t))
-    by_m[m] = calibration.over_seeds(assessed)
+  by_m = summarize(drawn, ms, f.split)
   print(f'\n{f.split} split; seeds {list(drawn)}; temperature fitted on validation with the same M\n')
   print(table(by_m))
   path = REPO / 'bench' / 'results' / f'samples_{f.name}.json'
