@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Not official: the same CE back-propagated through eps_theta, so the epsilon network gets a
   # direct classification signal (the official term's gradient is discarded).
   c.loss.eps_ce_weight = 0.0
+  # Not official: DiffMIC-v2's prior-hardness weight on the noise MSE, 1 + alpha (1 - p_true) per
+  # image, p_true the (fed) fused prior's probability of the label. 0: unweighted, as officially.
+  c.loss.prior_weight = 0.0
 
   # ---- training ----
   c.train = ml_collections.ConfigDict()

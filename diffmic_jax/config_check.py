@@ -109,6 +109,7 @@ RULES = {
     'loss.mmd_weight': non_negative_number,
     'loss.ce_weight': non_negative_number,
     'loss.eps_ce_weight': non_negative_number,
+    'loss.prior_weight': non_negative_number,
     'train.batch_size': positive,
     'train.dcg_pretrain_epochs': non_negative,
     'train.epochs': non_negative,

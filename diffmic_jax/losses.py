@@ -14,9 +14,21 @@ import jax.numpy as jnp
 import optax
 
 
-def noise_mse(eps, eps_pred):
-  """mean((eps - eps_theta)^2) over batch and classes."""
-  return jnp.mean(jnp.square(eps - eps_pred))
+def noise_mse(eps, eps_pred, weights=None):
+  """mean((eps - eps_theta)^2) over batch and classes; with `weights` (B,), each image's squared
+  error scaled by its weight before the mean."""
+  sq = jnp.square(eps - eps_pred)
+  if weights is not None:
+    sq = sq * weights[:, None]
+  return jnp.mean(sq)
+
+
+def prior_hardness_weights(prior, labels, alpha: float):
+  """1 + alpha (1 - p_true), p_true the prior's probability of the label, no gradient: the
+  DiffMIC-v2 noise-loss weight (Yang et al., IEEE TMI 2025; its code's gamma = 1), which puts up
+  to 1 + alpha times the weight on images whose prior is wrong or unsure."""
+  p_true = jnp.take_along_axis(prior, labels[:, None], axis=-1)[:, 0]
+  return jax.lax.stop_gradient(1.0 + alpha * (1.0 - p_true))
 
 
 def _sq_dists(a, b):

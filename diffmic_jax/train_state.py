@@ -64,6 +64,7 @@ class Models:
   ema_decay: float
   ce_weight: float = 0.0  # The official --add_ce_loss: no gradient, see train_steps.
   eps_ce_weight: float = 0.0  # The same CE back-propagated into the epsilon network.
+  prior_weight: float = 0.0  # config.loss.prior_weight: DiffMIC-v2's noise-loss weight.
   prior_dropout: float = 0.0  # config.train.prior_dropout; 0: the official step.
   prior_dropout_to: str = 'uniform'
 
@@ -105,6 +106,7 @@ def build_models(config, steps_per_epoch: int) -> Models:
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
                 mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
                 ce_weight=config.loss.ce_weight, eps_ce_weight=config.loss.eps_ce_weight,
+                prior_weight=config.loss.get('prior_weight', 0.0),
                 prior_dropout=t.get('prior_dropout', 0.0),
                 prior_dropout_to=t.get('prior_dropout_to', 'uniform'))
 

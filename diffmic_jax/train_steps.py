@@ -94,11 +94,15 @@ def diffusion_loss(models: Models, eps_params, eps_batch_stats, images, labels, 
     y_ts.append(y_t)
     pred, stats = head(y_t, mean, stats)
     preds.append(pred)
-  mse = losses.noise_mse(noise, preds[0])
+  weights = (losses.prior_hardness_weights(y_hat, labels, models.prior_weight)
+             if models.prior_weight > 0 else None)
+  mse = losses.noise_mse(noise, preds[0], weights)
   mmd_g = losses.rbf_mmd(noise, preds[1], models.mmd_bandwidths)
   mmd_l = losses.rbf_mmd(noise, preds[2], models.mmd_bandwidths)
   loss = mse + models.mmd_weight * (mmd_g + mmd_l)
   metrics = {'loss': loss, 'mse': mse, 'mmd_global': mmd_g, 'mmd_local': mmd_l}
+  if weights is not None:
+    metrics['prior_weight_mean'] = jnp.mean(weights)
   if models.ce_weight > 0:  # The official term: a fourth head pass, its output detached.
     pred, stats = head(y_ts[0], y_hat, stats)
     ce = y0_cross_entropy(models, y_ts[0], y_hat, t, jax.lax.stop_gradient(pred), labels)

@@ -47,3 +47,18 @@ def test_noise_mse_and_cross_entropy():
   np.testing.assert_allclose(losses.cross_entropy(logits, labels, 2), per.mean(), rtol=1e-6)
   np.testing.assert_allclose(losses.cross_entropy(logits, labels, 2, jnp.array([1, 1, 0])),
                              per[:2].mean(), rtol=1e-6)
+
+
+def test_prior_hardness_weights_and_weighted_mse():
+  prior = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]])
+  labels = jnp.array([0, 0, 2])
+  w = losses.prior_hardness_weights(prior, labels, 10.0)
+  np.testing.assert_allclose(w, [1 + 10 * 0.3, 1 + 10 * 0.9, 1 + 10 * (2 / 3)], rtol=1e-6)
+  eps = jnp.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+  pred = jnp.zeros_like(eps)
+  np.testing.assert_allclose(losses.noise_mse(eps, pred, w), (w[0] * 1 + w[1] * 4 + w[2] * 9) / 9,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.noise_mse(eps, pred), 14 / 9, rtol=1e-6)
+  # No gradient flows into the prior through the weight.
+  g = jax.grad(lambda p: losses.prior_hardness_weights(p, labels, 10.0).sum())(prior)
+  np.testing.assert_array_equal(g, 0.0)

@@ -237,6 +237,26 @@ def test_prior_dropout_trains_against_the_replaced_prior(setup):
   assert abs(float(metrics['mse']) - float(official['mse'])) > 1e-4
 
 
+def test_prior_weight_weights_each_images_noise_error_by_its_fed_prior(setup):
+  """`loss.prior_weight` (DiffMIC-v2's weight): the noise MSE is the per-image mean squared error
+  weighted by 1 + alpha (1 - the fused prior's probability of the label); 0 is the official loss."""
+  _, models, state, batch = setup
+  key = jax.random.key(5)
+  images = normalize(batch['image'])
+  pri = jax.lax.stop_gradient(dcg_priors(models.dcg.apply(state.dcg.variables(), images)))
+  run = lambda m: jax.jit(lambda p: train_steps.diffusion_loss(
+      m, state.eps.params, state.eps.batch_stats, images, batch['label'], p, key)[1][0])(pri)
+  plain = run(models)
+  weighted = run(dataclasses.replace(models, prior_weight=10.0))
+  assert 'prior_weight_mean' not in plain
+  w = 1 + 10 * (1 - np.take_along_axis(np.asarray(pri[0]), batch['label'][:, None], 1)[:, 0])
+  np.testing.assert_allclose(weighted['prior_weight_mean'], w.mean(), rtol=1e-5)
+  # Same noise and predictions: the weighted MSE lies strictly between min(w) and max(w) times
+  # the plain one unless every weight is equal.
+  assert w.min() * plain['mse'] < weighted['mse'] < w.max() * plain['mse']
+  np.testing.assert_allclose(weighted['mmd_global'], plain['mmd_global'], rtol=1e-6)
+
+
 def test_eps_encoder_from_dcg_copies_the_global_trunk(setup):
   _, models, state, _ = setup
   new = train_state.eps_encoder_from_dcg(state)
