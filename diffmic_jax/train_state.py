@@ -129,7 +129,12 @@ def state_from_variables(models: Models, dcg_vars: dict, eps_vars: dict) -> Trai
       joint_steps=jnp.zeros((), jnp.int32),
       dcg=NetState(dcg_vars['params'], dcg_vars['batch_stats'], models.dcg_tx.init(dcg_vars['params'])),
       eps=NetState(eps_vars['params'], eps_vars['batch_stats'], models.eps_tx.init(eps_vars['params'])),
-      ema_params=eps_vars['params'])
+      ema_params=_copy(eps_vars['params']))
+
+
+def _copy(tree):
+  """Fresh buffers: a donated state must not hold one buffer in two leaves."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def eps_encoder_from_dcg(state: TrainState) -> TrainState:
@@ -142,7 +147,7 @@ def eps_encoder_from_dcg(state: TrainState) -> TrainState:
     raise errors.UserError('model.eps_init=dcg needs the DCG global trunk and the epsilon-network '
                            'encoder to be the same network: set model.eps_backbone equal to '
                            'model.dcg_backbone')
-  params = {**state.eps.params, 'encoder': src['params']}
-  stats = {**state.eps.batch_stats, 'encoder': src['batch_stats']}
+  params = {**state.eps.params, 'encoder': _copy(src['params'])}
+  stats = {**state.eps.batch_stats, 'encoder': _copy(src['batch_stats'])}
   return state.replace(eps=state.eps.replace(params=params, batch_stats=stats),
-                       ema_params={**state.ema_params, 'encoder': src['params']})
+                       ema_params={**state.ema_params, 'encoder': _copy(src['params'])})

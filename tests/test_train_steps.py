@@ -1,6 +1,7 @@
 """The jitted training steps: which gradients flow where, and the encoder-once shortcut."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -258,7 +259,7 @@ def test_prior_weight_weights_each_images_noise_error_by_its_fed_prior(setup):
 
 
 def test_eps_encoder_from_dcg_copies_the_global_trunk(setup):
-  _, models, state, _ = setup
+  _, models, state, batch = setup
   new = train_state.eps_encoder_from_dcg(state)
   for coll, src in (('params', new.dcg.params), ('batch_stats', new.dcg.batch_stats)):
     got = _flat(getattr(new.eps, coll)['encoder'])
@@ -268,6 +269,11 @@ def test_eps_encoder_from_dcg_copies_the_global_trunk(setup):
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   for k, v in _flat(new.ema_params['encoder']).items():
     np.testing.assert_array_equal(v, _flat(state.dcg.params['global_net'])[k])
+  # Copies, not shared buffers: the training loop donates the whole state to each step.
+  step = jax.jit(functools.partial(train_steps.joint_step, models), donate_argnums=0)
+  own = train_state.eps_encoder_from_dcg(jax.tree.map(jnp.copy, state))  # Leaves the fixture be.
+  after, _ = step(own, batch, jax.random.key(3))
+  assert int(after.step) == int(state.step) + 1
   # The head and the DCG are untouched.
   for k, v in _flat(state.eps.params).items():
     if not k.startswith('encoder/'):
