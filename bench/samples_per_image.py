@@ -25,12 +25,6 @@ from absl import app, flags  # noqa: E402
 
 from diffmic_jax import calibration, data, evaluate, run_config  # noqa: E402
 
-flags.DEFINE_string('workdir', None, 'A bench/accuracy.py workdir (seed<N>/ under it).', required=True)
-flags.DEFINE_string('name', None, 'Result name.', required=True)
-flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated seeds.')
-flags.DEFINE_string('samples', '1,4,16,64', 'Numbers of samples per image compared.')
-flags.DEFINE_string('split', 'test', 'The split assessed (the temperature is fitted on validation).')
-
 
 def draw(seed_dir: pathlib.Path, m: int, splits: tuple[str, ...]) -> dict:
   """{split: (sample_y0 [M, N, K], dcg_prob [N, K], labels [N])} of the chosen checkpoint."""
@@ -103,5 +97,15 @@ def main(argv):
   print(f'\nwrote {path}')
 
 
+def _define_flags():
+  """Only when run as a script: tests import the helpers beside modules with flags of their own."""
+  flags.DEFINE_string('workdir', None, 'A bench/accuracy.py workdir (seed<N>/ under it).', required=True)
+  flags.DEFINE_string('name', None, 'Result name.', required=True)
+  flags.DEFINE_string('seeds', '0,1,2', 'Comma-separated seeds.')
+  flags.DEFINE_string('samples', '1,4,16,64', 'Numbers of samples per image compared.')
+  flags.DEFINE_string('split', 'test', 'The split assessed (the temperature is fitted on validation).')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

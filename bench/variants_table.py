@@ -21,10 +21,6 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / 'bench' / 'results'
 
-flags.DEFINE_string('rows', None, 'Comma-separated name:label pairs, in table order.', required=True)
-flags.DEFINE_string('swap_names', '', 'Comma-separated name:diffusion_vs_dcg name pairs.')
-flags.DEFINE_integer('samples', 64, 'Samples per image of the calibration columns.')
-
 
 def _cell(s: dict) -> str:
   return f"{s['mean']:.3f} ± {s['std']:.3f}"
@@ -81,5 +77,13 @@ def main(argv):
   print(f'\nwrote {out}', file=sys.stderr)
 
 
+def _define_flags():
+  """Only when run as a script: tests import the helpers beside modules with flags of their own."""
+  flags.DEFINE_string('rows', None, 'Comma-separated name:label pairs, in table order.', required=True)
+  flags.DEFINE_string('swap_names', '', 'Comma-separated name:diffusion_vs_dcg name pairs.')
+  flags.DEFINE_integer('samples', 64, 'Samples per image of the calibration columns.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
