@@ -57,6 +57,9 @@ def steps_per_epoch(config) -> int:
   return batches_per_epoch(n, b, partial_last_batch(config))
 
 
+_PASS_SEED = 7919  # Offsets the passes' shuffle from the training iterator's seeds.
+
+
 def official_dcg_passes(config, models: train_state.Models, mesh, state, splits):
   """`train.official_dcg_passes`: the DCG's BatchNorm statistics moved by train-mode passes over
   `splits` in order, batches of train.batch_size, no weight updated.
@@ -80,11 +83,8 @@ def official_dcg_passes(config, models: train_state.Models, mesh, state, splits)
           config.data, split, image_size=config.image_size, global_batch_size=b))
     for local in batches:
       stats = fn(state.dcg, parallel.global_batch({'image': local['image']}, mesh, replicate=True))
-      state = state.replace(dcg=train_state.NetState(state.dcg.params, stats, state.dcg.opt_state))
+      state = state.replace(dcg=state.dcg.replace(batch_stats=stats))
   return state
-
-
-_PASS_SEED = 7919  # Offsets the passes' shuffle from the training iterator's seeds.
 
 
 def initial_state(config, models: train_state.Models, mesh):
