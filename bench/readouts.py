@@ -19,7 +19,7 @@ absent) of each named bench/accuracy.py workdir:
         [--samples=64] [--seeds=0,1,2]
 
 Prints one table per run (validation NLL of the fitted read-out; test accuracy, ECE, NLL, AURC of
-its normalised entropy; test images whose argmax differs from the diffusion's official one,
+its normalised entropy and, for the same errors, the AURC of the DCG's 1 - max probability; test images whose argmax differs from the diffusion's official one,
 the mean of softmax(y_0)) and writes
 bench/results/readouts_<first run>.json.
 """
@@ -71,12 +71,14 @@ def fit(readout, y0, labels) -> float:
   return float(math.exp(res.x))
 
 
-def _scores(labels, probs, official_pred) -> dict:
+def _scores(labels, probs, official_pred, dcg_prob) -> dict:
   pred = probs.argmax(-1)
   m = metrics.classification_metrics(labels, probs, probs.shape[-1])
+  right = pred == labels
   return {'accuracy': float(m['accuracy']), 'ece': float(m['ece']), 'nll': nll(labels, probs),
-          'aurc': calibration.selective_curve(metrics.normalized_entropy(probs),
-                                              pred == labels)['aurc'],
+          'aurc': calibration.selective_curve(metrics.normalized_entropy(probs), right)['aurc'],
+          # The same errors ranked by the DCG's confidence instead: does the read-out know more?
+          'aurc_dcg_ranking': calibration.selective_curve(1 - dcg_prob.max(-1), right)['aurc'],
           'argmax_changed': int((pred != official_pred).sum())}
 
 
@@ -86,17 +88,18 @@ def compare(val, test) -> dict:
   (y_v, dcg_v, l_v), (y_t, dcg_t, l_t) = val, test
   y_v, y_t = np.asarray(y_v, np.float64), np.asarray(y_t, np.float64)
   l_v, l_t = np.asarray(l_v).astype(int), np.asarray(l_t).astype(int)
+  dcg_t = np.asarray(dcg_t, np.float64)
   official = _softmax(y_t).mean(0).argmax(-1)
   out = {}
   for name, readout in READOUTS.items():
     a = fit(readout, y_v, l_v)
     out[name] = {'parameter': a, 'validation_nll': nll(l_v, readout(y_v, a)),
-                 **_scores(l_t, readout(y_t, a), official)}
+                 **_scores(l_t, readout(y_t, a), official, dcg_t)}
   t = calibration.fit_temperature(l_v, dcg_v)
   out['dcg'] = {'parameter': 1.0, 'validation_nll': nll(l_v, np.asarray(dcg_v, np.float64)),
-                **_scores(l_t, np.asarray(dcg_t, np.float64), official)}
+                **_scores(l_t, dcg_t, official, dcg_t)}
   out['dcg_tempered'] = {'parameter': t, 'validation_nll': nll(l_v, calibration.tempered(dcg_v, t)),
-                         **_scores(l_t, calibration.tempered(dcg_t, t), official)}
+                         **_scores(l_t, calibration.tempered(dcg_t, t), official, dcg_t)}
   return out
 
 
@@ -106,7 +109,8 @@ def _agg(vals) -> dict:
 
 
 def over_seeds(per_seed: list[dict]) -> dict:
-  keys = ('parameter', 'validation_nll', 'accuracy', 'ece', 'nll', 'aurc', 'argmax_changed')
+  keys = ('parameter', 'validation_nll', 'accuracy', 'ece', 'nll', 'aurc', 'aurc_dcg_ranking',
+          'argmax_changed')
   return {name: {k: _agg([s[name][k] for s in per_seed]) for k in keys}
           for name in per_seed[0]}
 
@@ -114,10 +118,11 @@ def over_seeds(per_seed: list[dict]) -> dict:
 def table(summary: dict) -> str:
   cell = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"
   lines = ['| read-out | fitted scalar | validation NLL | test accuracy | test ECE | test NLL | '
-           'test AURC (entropy) | test argmax changed |', '| --- ' * 8 + '|']
+           'test AURC (entropy) | the same errors ranked by the DCG | test argmax changed |',
+           '| --- ' * 9 + '|']
   for name, s in summary.items():
     lines.append(f'| {name} | ' + ' | '.join(cell(s[k]) for k in (
-        'parameter', 'validation_nll', 'accuracy', 'ece', 'nll', 'aurc'))
+        'parameter', 'validation_nll', 'accuracy', 'ece', 'nll', 'aurc', 'aurc_dcg_ranking'))
         + f" | {s['argmax_changed']['mean']:.1f} |")
   return '\n'.join(lines)
 

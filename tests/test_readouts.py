@@ -39,6 +39,12 @@ def test_fitted_scalars_come_from_validation_and_the_official_argmax_stays():
       assert ro.nll(val[2], readout(val[0], a * f)) >= got[name]['validation_nll'] - 1e-9
   # The DCG's samples-free probabilities: tempering them cannot lose on validation.
   assert got['dcg_tempered']['validation_nll'] <= got['dcg']['validation_nll']
+  # The DCG's 1 - max probability ranking its own errors; tempering keeps that order.
+  dcg_t = test[1]
+  own = calibration.selective_curve(1 - dcg_t.max(-1), dcg_t.argmax(-1) == test[2])['aurc']
+  assert got['dcg']['aurc_dcg_ranking'] == got['dcg_tempered']['aurc_dcg_ranking'] == own
+  right = got['mean_softmax_tempered']
+  assert right['aurc_dcg_ranking'] != right['aurc']
 
 
 def test_over_seeds_and_table():
@@ -49,3 +55,4 @@ def test_over_seeds_and_table():
   lines = ro.table(summary).splitlines()
   assert len(lines) == 2 + len(ro.READOUTS) + 2
   assert lines[2].startswith('| mean_softmax_tempered |') and lines[2].endswith('| 0.0 |')
+  assert lines[0].count('|') == lines[2].count('|') == 10
