@@ -28,10 +28,6 @@ from absl import app, flags  # noqa: E402
 
 from diffmic_jax import calibration  # noqa: E402
 
-flags.DEFINE_string('workdir', None, 'A bench/accuracy.py workdir (seed<N>/ under it).', required=True)
-flags.DEFINE_string('name', None, 'Result name.', required=True)
-flags.DEFINE_string('sampler', 'matched', 'The --resample sampler whose reports are read, if any.')
-flags.DEFINE_string('splits', 'validation,test', 'Splits summarised.')
 
 _PROBS = {'dcg': 'DCG alone', 'mean': 'diffusion: mean softmax(y_0) (official)',
           'temperature': 'diffusion: temperature-scaled (reported)',
@@ -118,5 +114,14 @@ def main(argv):
   print(f'\nwrote {path}')
 
 
+def _define_flags():
+  """Only when run as a script, like the other bench scripts whose helpers tests import."""
+  flags.DEFINE_string('workdir', None, 'A bench/accuracy.py workdir (seed<N>/ under it).', required=True)
+  flags.DEFINE_string('name', None, 'Result name.', required=True)
+  flags.DEFINE_string('sampler', 'matched', 'The --resample sampler whose reports are read, if any.')
+  flags.DEFINE_string('splits', 'validation,test', 'Splits summarised.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
