@@ -42,6 +42,16 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for item in items if not item.get_closest_marker('slow')]
 
 
+def sampled_split(rng, n: int, m: int, k: int = 4):
+  """(sample_y0 [m, n, k], dcg_prob [n, k], labels [n]): samples scattered around a prior that is
+  right more often than not, the shape bench scripts read from a run's cached samples."""
+  import numpy as np
+  labels = rng.integers(0, k, n)
+  logits = 2.0 * np.eye(k)[labels] + rng.normal(0, 1, (n, k))
+  dcg = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return dcg[None] + rng.normal(0, 0.6, (m, n, k)), dcg, labels
+
+
 def load_bench_script(name: str):
   """bench/<name>.py loaded from its file, for tests of its helpers (bench/ is not a package to
   import from tests)."""

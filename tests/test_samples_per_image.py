@@ -3,18 +3,10 @@ fitted on validation from those same M."""
 
 import numpy as np
 
-from conftest import load_bench_script
+from conftest import load_bench_script, sampled_split as _split
 from diffmic_jax import calibration
 
 spi = load_bench_script('samples_per_image')
-
-
-def _split(rng, n, m, k=4):
-  labels = rng.integers(0, k, n)
-  logits = 2.0 * np.eye(k)[labels] + rng.normal(0, 1, (n, k))
-  dcg = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  y0 = dcg[None] + rng.normal(0, 0.6, (m, n, k))  # Samples scattered around the prior.
-  return y0, dcg, labels
 
 
 def test_each_m_uses_its_first_samples_and_its_own_temperature():
