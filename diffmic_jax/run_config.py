@@ -22,9 +22,14 @@ from diffmic_jax.errors import UserError
 SAVED_NAME = 'config_train.json'
 PATH = os.path.abspath(__file__)  # What main.py names as --config for a saved run.
 EVAL_OVERRIDES = ('eval.', 'data.data_dir', 'data.manual_dir')  # Prefixes and fields allowed.
-# Evaluation fields newer than some saved runs, with their defaults (configs/default.py).
-NEWER_EVAL_FIELDS = {'max_saliency_images': 64, 'refit_temperature': False,
-                     'skip_unreadable': False}
+# Fields newer than some saved runs, with their defaults (configs/default.py): a run saved before
+# a field existed was trained without it, so it reads back as the default that means "off".
+NEWER_FIELDS = {
+    'eval': {'max_saliency_images': 64, 'refit_temperature': False, 'skip_unreadable': False},
+    'model': {'eps_init': 'random'},
+    'loss': {'prior_weight': 0.0},
+    'train': {'prior_dropout': 0.0, 'prior_dropout_to': 'uniform', 'official_dcg_passes': False},
+}
 
 
 class SavedConfigError(UserError, ValueError):
@@ -93,7 +98,8 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise SavedConfigError(f'{path} is not valid JSON ({e}); pass --config') from None
   saved = _tuples(saved)
-  saved['eval'] = {**NEWER_EVAL_FIELDS, **saved.get('eval', {})}
+  for section, fields in NEWER_FIELDS.items():
+    saved[section] = {**fields, **saved.get(section, {})}
   return ml_collections.ConfigDict(_overridable_nones(saved))
 
 

@@ -192,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with run.boundary:
       if run.unvalidated and not _validate(run, run.step):
         raise preemption.Stopped(run.boundary.signum, run.step, run.ckpt.path(run.step))
-      if run.config.train.get('official_dcg_passes', False) and run.step == 0:
+      if run.config.train.official_dcg_passes and run.step == 0:
         run.state = official_dcg_passes(run.config, run.models, run.mesh, run.state,
                                         (run.config.data.val_split,))
       _stage_1_pretrain_dcg(run)
@@ -267,12 +267,12 @@ def _stage_2_joint(run: _Run) -> None:
   """Stage 2: epsilon network and DCG together. Each step's key is fold_in(train key, step), so
   a resumed run draws the noise and timesteps an uninterrupted run drew."""
   key = train_state.keys(run.config.seed)['train']
-  if run.config.train.get('official_dcg_passes', False) and run.step == run.pre_steps:
+  if run.config.train.official_dcg_passes and run.step == run.pre_steps:
     run.state = official_dcg_passes(run.config, run.models, run.mesh, run.state,
                                     (run.config.data.train_split, run.config.data.val_split))
     logging.info('DCG running statistics: train-mode passes over %s and %s',
                  run.config.data.train_split, run.config.data.val_split)
-  if run.config.model.get('eps_init', 'random') == 'dcg' and run.step == run.pre_steps:
+  if run.config.model.eps_init == 'dcg' and run.step == run.pre_steps:
     run.state = train_state.eps_encoder_from_dcg(run.state)
     logging.info('epsilon-network encoder: a copy of the trained DCG global trunk')
   _train(run, 'stage 2 (joint)', run.pre_steps, run.total,

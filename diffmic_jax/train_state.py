@@ -106,9 +106,8 @@ def build_models(config, steps_per_epoch: int) -> Models:
                 num_classes=config.num_classes, mmd_weight=config.loss.mmd_weight,
                 mmd_bandwidths=tuple(config.loss.mmd_bandwidths), ema_decay=t.ema_decay,
                 ce_weight=config.loss.ce_weight, eps_ce_weight=config.loss.eps_ce_weight,
-                prior_weight=config.loss.get('prior_weight', 0.0),
-                prior_dropout=t.get('prior_dropout', 0.0),
-                prior_dropout_to=t.get('prior_dropout_to', 'uniform'))
+                prior_weight=config.loss.prior_weight, prior_dropout=t.prior_dropout,
+                prior_dropout_to=t.prior_dropout_to)
 
 
 def init_state(models: Models, key, image_size: int) -> TrainState:

@@ -52,6 +52,21 @@ def test_saved_config_is_named_only_for_evaluate_and_predict(tmp_path):
     run_config.with_saved_config(['main', '--mode=evaluate', f'--workdir={tmp_path / "none"}'])
 
 
+def test_a_config_saved_before_newer_fields_reads_them_as_their_defaults(tmp_path):
+  from configs import default
+  (tmp_path / 'config_train.json').write_text(json.dumps(
+      {'model': {'width': 16}, 'train': {'prior_dropout': 0.5}, 'eval': {'num_samples': 2}}))
+  loaded = run_config.load(str(tmp_path))
+  assert loaded.train.official_dcg_passes is False and loaded.model.eps_init == 'random'
+  assert loaded.loss.prior_weight == 0.0 and loaded.eval.refit_temperature is False
+  assert loaded.train.prior_dropout == 0.5 and loaded.model.width == 16  # What was saved stays.
+  # The fill-ins are configs/default.py's values, so an old run reads back as trained.
+  fresh = default.get_config()
+  for section, fields in run_config.NEWER_FIELDS.items():
+    for name, value in fields.items():
+      assert fresh[section][name] == value, f'{section}.{name}'
+
+
 def test_image_listing_from_folder_and_csv(tmp_path):
   (tmp_path / 'sub').mkdir()
   for name in ('b.png', 'a.jpg', 'sub/c.PNG'):
