@@ -19,8 +19,8 @@ absent) of each named bench/accuracy.py workdir:
         [--samples=64] [--seeds=0,1,2]
 
 Prints one table per run (validation NLL of the fitted read-out; test accuracy, ECE, NLL, AURC of
-its normalised entropy and, for the same errors, the AURC of the DCG's 1 - max probability; test images whose argmax differs from the diffusion's official one,
-the mean of softmax(y_0)) and writes
+its normalised entropy and, for the same errors, the AURC of the DCG's 1 - max probability; test
+images whose argmax differs from the official one, the mean of softmax(y_0)) and writes
 bench/results/readouts_<first run>.json.
 """
 
@@ -40,22 +40,18 @@ from scipy import optimize  # noqa: E402
 from diffmic_jax import calibration, metrics  # noqa: E402
 
 
-def _softmax(z):
-  z = np.exp(z - z.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
-
-
 def _normalised(p, eps):
   p = p + eps
   return p / p.sum(-1, keepdims=True)
 
 
+softmax = calibration.softmax
 READOUTS = {
-    'mean_softmax_tempered': lambda y, t: calibration.tempered(_softmax(y).mean(0), t),
-    'mean_of_tempered': lambda y, t: _softmax(y / t).mean(0),
-    'softmax_of_mean_y0': lambda y, t: _softmax(y.mean(0) / t),
+    'mean_softmax_tempered': lambda y, t: calibration.tempered(softmax(y).mean(0), t),
+    'mean_of_tempered': lambda y, t: softmax(y / t).mean(0),
+    'softmax_of_mean_y0': lambda y, t: softmax(y.mean(0) / t),
     'clipped_mean_y0': lambda y, eps: _normalised(np.clip(y.mean(0), 0, None), eps),
-    'votes_smoothed': lambda y, eps: _normalised(calibration.vote_distribution(_softmax(y)), eps),
+    'votes_smoothed': lambda y, eps: _normalised(calibration.vote_distribution(softmax(y)), eps),
 }
 _LOG_BOUNDS = (math.log(1e-4), math.log(1e3))
 
@@ -89,7 +85,7 @@ def compare(val, test) -> dict:
   y_v, y_t = np.asarray(y_v, np.float64), np.asarray(y_t, np.float64)
   l_v, l_t = np.asarray(l_v).astype(int), np.asarray(l_t).astype(int)
   dcg_t = np.asarray(dcg_t, np.float64)
-  official = _softmax(y_t).mean(0).argmax(-1)
+  official = softmax(y_t).mean(0).argmax(-1)
   out = {}
   for name, readout in READOUTS.items():
     a = fit(readout, y_v, l_v)
@@ -103,15 +99,10 @@ def compare(val, test) -> dict:
   return out
 
 
-def _agg(vals) -> dict:
-  return {'mean': float(np.mean(vals)), 'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-          'values': [float(v) for v in vals]}
-
-
 def over_seeds(per_seed: list[dict]) -> dict:
   keys = ('parameter', 'validation_nll', 'accuracy', 'ece', 'nll', 'aurc', 'aurc_dcg_ranking',
           'argmax_changed')
-  return {name: {k: _agg([s[name][k] for s in per_seed]) for k in keys}
+  return {name: {k: calibration.seed_summary([s[name][k] for s in per_seed]) for k in keys}
           for name in per_seed[0]}
 
 

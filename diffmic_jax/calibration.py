@@ -35,11 +35,15 @@ def _log_probs(probs) -> np.ndarray:
   return np.log(p / p.sum(-1, keepdims=True))
 
 
+def softmax(z) -> np.ndarray:
+  """softmax over the last axis, shifted by the max so large y_0 / T cannot overflow."""
+  z = np.exp(np.asarray(z, np.float64) - np.max(z, -1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
 def tempered(probs, temperature: float) -> np.ndarray:
   """softmax(log p / T) of (N, K) probabilities p: T < 1 sharpens, T > 1 flattens, argmax kept."""
-  z = _log_probs(probs) / float(temperature)
-  z = np.exp(z - z.max(-1, keepdims=True))
-  return z / z.sum(-1, keepdims=True)
+  return softmax(_log_probs(probs) / float(temperature))
 
 
 def fit_temperature(labels, probs) -> float:
@@ -167,8 +171,7 @@ def per_image(sample_y0, temperature: float) -> dict:
     predicted class's y_0; ttest_p (N,) between the two most voted classes.
   """
   y0 = np.asarray(sample_y0, np.float64)
-  sample_probs = np.exp(y0 - y0.max(-1, keepdims=True))
-  sample_probs /= sample_probs.sum(-1, keepdims=True)
+  sample_probs = softmax(y0)
   mean_prob = sample_probs.mean(0)
   probs = tempered(mean_prob, temperature)
   votes = vote_distribution(sample_probs)
@@ -230,21 +233,24 @@ def assess(labels, sample_y0, dcg_prob, temperature: float) -> dict:
           'chosen': {'probabilities': PROBABILITIES, 'uncertainty': chosen}}
 
 
-def over_seeds(assessed: list[dict]) -> dict:
-  """Mean, sample std and values over runs (seeds) of `assess`'s numbers."""
-  def agg(vals):
-    return {'mean': float(np.mean(vals)), 'values': [float(v) for v in vals],
-            'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+def seed_summary(vals) -> dict:
+  """Mean, sample standard deviation (0 for one run) and the values of one number over runs."""
+  return {'mean': float(np.mean(vals)), 'values': [float(v) for v in vals],
+          'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
 
+
+def over_seeds(assessed: list[dict]) -> dict:
+  """seed_summary of each of `assess`'s numbers over runs (seeds)."""
   first = assessed[0]
   return {
-      'temperature': agg([a['temperature'] for a in assessed]),
-      'probabilities': {k: {m: agg([a['probabilities'][k][m] for a in assessed])
+      'temperature': seed_summary([a['temperature'] for a in assessed]),
+      'probabilities': {k: {m: seed_summary([a['probabilities'][k][m] for a in assessed])
                             for m in ('accuracy', 'ece', 'nll', 'brier', 'auc_ovr_macro')}
                         for k in first['probabilities']},
-      'uncertainty': {k: {**{m: agg([a['uncertainty'][k][m] for a in assessed])
+      'uncertainty': {k: {**{m: seed_summary([a['uncertainty'][k][m] for a in assessed])
                              for m in ('aurc', 'accuracy_certain_half', 'accuracy_uncertain_half')},
-                          **{f'spread_{m}': agg([a['uncertainty'][k]['spread'][m] for a in assessed])
+                          **{f'spread_{m}': seed_summary(
+                                 [a['uncertainty'][k]['spread'][m] for a in assessed])
                              for m in ('min', 'median', 'max')}}
                       for k in first['uncertainty']}}
 
